@@ -1,0 +1,135 @@
+"""Exact sequential least squares (RLS) with writing and forgetting, as rank-one updates.
+
+Legend:
+    M (B, K, C)  memory, the minimum-norm least-squares solution A^+ Bz over the active items
+    A (B, K, K)  Gram matrix sum_i alpha_i k_i k_i^T of the active keys (not stored)
+    R (B, K, K)  A^+, its pseudo-inverse
+    F (B, K, K)  I - A A^+, the projector onto the key directions never written ("free")
+    k (B, K) key, z (B, C) value, alpha (B,) weight (+1 writes, -1 forgets)
+
+This is the paper's recursion C_i = C_{i-1} + alpha W^T W, M_i = M_{i-1} + alpha C_i^-1 W^T (Z - W M)
+taken in the limit of a vanishing prior (C_0 = lambda I, lambda -> 0), which the usual
+Sherman-Morrison form cannot compute in floating point: it would need 1/lambda. Splitting
+(lambda I + A)^-1 = F / lambda + A^+ + O(lambda) gives three exact cases for a key k:
+
+1. k has a component u = F k outside the written directions (rank grows):
+   M += u (z - k M) / |u|^2,  F -= u u^T / |u|^2,
+   R += -(v u^T + u v^T) / |u|^2 + (1/alpha + beta) u u^T / |u|^4   (v = R k, beta = k.v).
+2. k lies in the written directions and d = 1/alpha + beta != 0 (Sherman-Morrison):
+   M += v (z - k M) / d,  R -= v v^T / d.
+3. k lies in the written directions and d = 0: forgetting the only support of the direction
+   v = R k (rank drops); with Q = I - v v^T / |v|^2:
+   M = Q M + Q R v (z - k M) / |v|^2,  R = Q R Q,  F += v v^T / |v|^2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import MemoryInputError
+
+
+def _outer_sum(base: Tensor, vecs: Tensor, coef: Tensor) -> Tensor:
+    """base + vecs @ coef @ vecs^T in one pass: base (B, K, K), vecs (B, K, n), coef (B, n, n)."""
+    return torch.baddbmm(base, vecs, coef @ vecs.mT)
+
+
+def _matvec(a: Tensor, x: Tensor) -> Tensor:
+    """(B, K, K) @ (B, K) -> (B, K)."""
+    return (a @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def rank_one_update(
+    memory: Tensor, gram_pinv: Tensor, free: Tensor, key: Tensor, value: Tensor, alpha: Tensor, tol: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Add (alpha > 0) or remove (alpha < 0) one item in each of B memories.
+
+    Args:
+        memory: (B, K, C) M.
+        gram_pinv: (B, K, K) R = A^+.
+        free: (B, K, K) F = I - A A^+.
+        key: (B, K) k.
+        value: (B, C) z.
+        alpha: (B,) non-zero weights.
+        tol: relative tolerance that decides "outside the written directions" and "d = 0".
+
+    Returns:
+        The new (memory, gram_pinv, free); inputs are not modified.
+
+    Raises:
+        MemoryInputError: when a negative weight targets a key direction that was never written.
+    """
+    u = _matvec(free, key)  # (B, K)
+    v = _matvec(gram_pinv, key)  # (B, K)
+    kk = key.square().sum(-1)  # (B,)
+    uu = u.square().sum(-1)
+    beta = (key * v).sum(-1)
+    inv_alpha = alpha.reciprocal()
+    d = inv_alpha + beta
+    residual = value - torch.einsum("bk,bkc->bc", key, memory)  # (B, C)
+    if not bool(torch.isfinite(uu.sum() + beta.sum() + residual.sum())):
+        raise MemoryInputError("the memory statistics are not finite; the memory was not changed")
+
+    grows = uu > tol * kk  # case 1
+    drops = ~grows & (d.abs() <= tol * (inv_alpha.abs() + beta.abs()))  # case 3
+    if (grows & (alpha < 0)).any():
+        raise MemoryInputError("cannot forget an item whose key was never written; the memory was not changed")
+
+    new_m, new_r, new_f = memory, gram_pinv, free
+    if grows.any():
+        m1, r1, f1 = _grow(memory, gram_pinv, free, u, v, uu, inv_alpha + beta, residual)
+        new_m, new_r, new_f = _select(grows, (m1, r1, f1), (new_m, new_r, new_f))
+    keeps = ~grows & ~drops  # case 2
+    if keeps.any():
+        safe_d = torch.where(keeps, d, torch.ones_like(d))
+        m2 = memory + (v / safe_d[:, None]).unsqueeze(-1) * residual.unsqueeze(1)
+        r2 = _outer_sum(gram_pinv, v.unsqueeze(-1), (-1 / safe_d)[:, None, None])
+        new_m, new_r, new_f = _select(keeps, (m2, r2, free), (new_m, new_r, new_f))
+    if drops.any():
+        m3, r3, f3 = _drop(memory, gram_pinv, free, v, residual)
+        new_m, new_r, new_f = _select(drops, (m3, r3, f3), (new_m, new_r, new_f))
+    return new_m, new_r, new_f
+
+
+def _grow(
+    memory: Tensor, gram_pinv: Tensor, free: Tensor, u: Tensor, v: Tensor, uu: Tensor, c: Tensor, residual: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Case 1: the key opens a new direction u."""
+    uu = uu.clamp_min(torch.finfo(uu.dtype).tiny)
+    m = memory + (u / uu[:, None]).unsqueeze(-1) * residual.unsqueeze(1)  # (B, K, C)
+    vecs = torch.stack([u, v], dim=-1)  # (B, K, 2)
+    coef = torch.stack(
+        [torch.stack([c / uu.square(), -1 / uu], -1), torch.stack([-1 / uu, torch.zeros_like(uu)], -1)], -2
+    )  # (B, 2, 2)
+    r = _outer_sum(gram_pinv, vecs, coef)
+    f = _outer_sum(free, u.unsqueeze(-1), (-1 / uu)[:, None, None])
+    return m, r, f
+
+
+def _drop(
+    memory: Tensor, gram_pinv: Tensor, free: Tensor, v: Tensor, residual: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Case 3: forgetting removes the direction v = R k."""
+    vv = v.square().sum(-1).clamp_min(torch.finfo(v.dtype).tiny)  # (B,)
+    n = v / vv.sqrt()[:, None]  # (B, K) unit vector
+    rv = _matvec(gram_pinv, n)  # (B, K)
+    q_rv = rv - n * (n * rv).sum(-1, keepdim=True)  # Q R n
+    q_m = memory - n.unsqueeze(-1) * torch.einsum("bk,bkc->bc", n, memory).unsqueeze(1)
+    m = q_m + (q_rv / vv.sqrt()[:, None]).unsqueeze(-1) * residual.unsqueeze(1)
+    nrn = (n * rv).sum(-1)
+    vecs = torch.stack([n, rv], dim=-1)  # (B, K, 2)
+    coef = torch.stack(
+        [torch.stack([nrn, -torch.ones_like(nrn)], -1), torch.stack([-torch.ones_like(nrn), torch.zeros_like(nrn)], -1)],
+        -2,
+    )  # Q R Q = R - n rv^T - rv n^T + (n.R.n) n n^T
+    r = _outer_sum(gram_pinv, vecs, coef)
+    f = _outer_sum(free, n.unsqueeze(-1), torch.ones_like(nrn)[:, None, None])
+    return m, r, f
+
+
+def _select(mask: Tensor, chosen: tuple[Tensor, ...], other: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Per batch element, take `chosen` where mask (B,) is set, else `other`."""
+    if mask.all():
+        return chosen
+    return tuple(torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b) for a, b in zip(chosen, other))
