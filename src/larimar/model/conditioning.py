@@ -1,0 +1,431 @@
+"""Condition any Hugging Face causal LM on a memory readout z (spec section 2.1).
+
+Symbols: B batch, T tokens, C code size, L decoder layers, S memory slots per layer,
+G key/value heads, D head dim, H hidden size, P prefix length, V vocabulary,
+M memory entries at the front of the attention span (S in mode "kv", P in mode "prefix").
+
+Mode "kv" (the paper): z -> S extra key/value pairs per layer, written into the KV cache
+before the real tokens, so they are never rotated and every token can attend to them; the
+real tokens keep positions 0..T-1. Mode "prefix": z -> P soft embeddings prepended to the
+input. Both can add a linear map of z to every token embedding ("embedding offset").
+Without z the module calls the untouched base decoder, so its output is bit-for-bit the
+base model's.
+"""
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.pytorch_utils import Conv1D
+
+ConditioningMode = Literal["kv", "prefix"]
+TrainablePart = Literal["adapter", "lora", "full"]
+
+_LORA_TARGET_CANDIDATES: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ("attn.c_attn", "attn.c_proj"),
+)
+_MASK_BUILDERS = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
+@dataclass
+class ConditioningConfig:
+    """How the memory readout z conditions the decoder."""
+
+    code_size: int
+    """Width C of the memory readout z."""
+    mode: ConditioningMode = "kv"
+    """"kv": extra key/value slots in every layer (paper); "prefix": soft prefix embeddings."""
+    slots: int = 1
+    """Memory key/value slots S per layer (mode "kv")."""
+    prefix_length: int = 4
+    """Soft prefix embeddings P (mode "prefix")."""
+    embedding_offset: bool = True
+    """Add a linear map of z (zero-initialised) to every input token embedding."""
+    share_key_value: bool = False
+    """Use one vector as both key and value of a slot, as the reference code does (mode "kv")."""
+    init_std: float = 0.02
+    """Initial output scale of the kv/prefix map: its outputs have std init_std * rms(z)."""
+    lora_rank: int = 0
+    """Rank of LoRA adapters on the decoder (0: none); they are active only when z is given."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (scale = lora_alpha / lora_rank)."""
+    lora_targets: tuple[str, ...] | None = None
+    """Module-name suffixes that get LoRA; None infers the attention projections."""
+    trainable: TrainablePart = "adapter"
+    """What trains: "adapter" (conditioning maps only), "lora" (+ LoRA), "full" (+ decoder)."""
+
+    def __post_init__(self) -> None:
+        if self.code_size <= 0:
+            raise ValueError(f"code_size must be positive; got {self.code_size}")
+        if self.mode not in ("kv", "prefix"):
+            raise ValueError(f'mode must be "kv" or "prefix"; got {self.mode!r}')
+        if self.slots <= 0:
+            raise ValueError(f"slots must be positive; got {self.slots}")
+        if self.prefix_length <= 0:
+            raise ValueError(f"prefix_length must be positive; got {self.prefix_length}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be non-negative; got {self.init_std}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0; got {self.lora_rank}")
+        if self.trainable not in ("adapter", "lora", "full"):
+            raise ValueError(
+                f'trainable must be "adapter", "lora" or "full"; got {self.trainable!r}'
+            )
+        if self.trainable == "lora" and self.lora_rank == 0:
+            raise ValueError('trainable="lora" needs lora_rank > 0')
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The sizes of a decoder that the conditioning maps must match."""
+
+    layers: int
+    """Decoder layers L."""
+    kv_heads: int
+    """Key/value heads G (fewer than query heads under grouped-query attention)."""
+    head_dim: int
+    """Width D of one attention head."""
+    hidden: int
+    """Hidden size H (token embedding width)."""
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> "DecoderShape":
+        """Read the sizes from a (text) decoder config, filling the usual defaults."""
+        heads = config.num_attention_heads
+        return cls(
+            layers=config.num_hidden_layers,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            hidden=config.hidden_size,
+        )
+
+
+@dataclass
+class GreedyOutput:
+    """Greedy decoding result."""
+
+    sequences: Tensor
+    """(B, T + N) prompt followed by N generated tokens; rows past their eos are padded."""
+    logits: Tensor
+    """(B, N, V) the logits each generated token was chosen from."""
+
+
+class _DecoderInputs(NamedTuple):
+    """One conditioned decoder call: what goes in besides the weights."""
+
+    embeds: Tensor  # (B, T', H) new input embeddings
+    mask: Tensor  # (B, past + T') 2D attention mask over the cache and the new positions
+    positions: Tensor  # (B, T') position ids of the new positions
+    cache: DynamicCache
+    memory: int  # M entries at the front that every position may attend to
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean next-token cross-entropy. logits (B, T, V); labels (B, T), -100 is ignored."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    )
+
+
+def _positions(mask: Tensor) -> Tensor:
+    """Position ids (B, T) that skip padding, as transformers' generate makes them."""
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 0)
+
+
+def _infer_lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The first candidate set of attention projection names that the model contains."""
+    names = [name for name, _ in model.named_modules()]
+    for candidate in _LORA_TARGET_CANDIDATES:
+        if any(name.endswith("." + candidate[0]) for name in names):
+            return candidate
+    raise ValueError(
+        f"could not find attention projections {_LORA_TARGET_CANDIDATES} in "
+        f"{type(model).__name__}; set ConditioningConfig.lora_targets"
+    )
+
+
+def _with_lora(decoder: PreTrainedModel, config: ConditioningConfig) -> PeftModel:
+    """Wrap the decoder in peft LoRA adapters (injected in place into `decoder`)."""
+    targets = config.lora_targets or _infer_lora_targets(decoder)
+    targeted = [m for n, m in decoder.named_modules() if any(n.endswith("." + t) for t in targets)]
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(targets),
+        lora_dropout=0.0,
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in targeted),
+    )
+    return get_peft_model(decoder, lora)
+
+
+class MemoryConditionedDecoder(nn.Module):
+    """A causal LM whose output depends on a memory readout z (B, C), or is the base's without z.
+
+    Args:
+        decoder: any transformers causal LM; with lora_rank > 0 it gets LoRA layers in place.
+        config: how z enters the decoder.
+
+    Example:
+        >>> model = MemoryConditionedDecoder(decoder, ConditioningConfig(code_size=384))
+        >>> out = model(input_ids, attention_mask, z=z, labels=input_ids)  # z (B, 384)
+        >>> out.logits.shape  # (B, T, V)
+        >>> model.generate(input_ids, attention_mask, z=z, max_new_tokens=8)  # (B, T + 8)
+    """
+
+    def __init__(self, decoder: PreTrainedModel, config: ConditioningConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.text_config = decoder.config.get_text_config(decoder=True)
+        self.shape = DecoderShape.from_config(self.text_config)
+        self._check_layer_types()
+        factory = {"device": decoder.device, "dtype": decoder.dtype}
+        self.memory_map = nn.Linear(config.code_size, self._memory_width(), bias=False, **factory)
+        nn.init.normal_(self.memory_map.weight, std=config.init_std / config.code_size**0.5)
+        self.offset_map = None
+        if config.embedding_offset:
+            self.offset_map = nn.Linear(config.code_size, self.shape.hidden, bias=False, **factory)
+            nn.init.zeros_(self.offset_map.weight)
+        self.decoder = _with_lora(decoder, config) if config.lora_rank else decoder
+        self.set_trainable(config.trainable)
+
+    def _memory_width(self) -> int:
+        """Output width of the kv map (L * kinds * S * G * D) or the prefix map (P * H)."""
+        if self.config.mode == "prefix":
+            return self.config.prefix_length * self.shape.hidden
+        kinds = 1 if self.config.share_key_value else 2
+        s = self.shape
+        return s.layers * kinds * self.config.slots * s.kv_heads * s.head_dim
+
+    def _check_layer_types(self) -> None:
+        """Refuse layer types whose attention mask this module cannot extend to the memory."""
+        unknown = set(getattr(self.text_config, "layer_types", None) or ()) - set(_MASK_BUILDERS)
+        if unknown:
+            raise ValueError(
+                f"memory conditioning supports layer types {sorted(_MASK_BUILDERS)}; "
+                f"the decoder has {sorted(unknown)}"
+            )
+
+    def set_trainable(self, part: TrainablePart) -> None:
+        """Choose what trains: "adapter" (the maps), "lora" (+ LoRA), "full" (+ decoder)."""
+        if part == "lora" and not self.config.lora_rank:
+            raise ValueError('trainable part "lora" needs ConditioningConfig.lora_rank > 0')
+        for name, param in self.decoder.named_parameters():
+            param.requires_grad_(part == "full" or (part == "lora" and "lora_" in name))
+        for module in (self.memory_map, self.offset_map):
+            if module is not None:
+                module.weight.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that currently require gradients (tied weights listed once)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        z: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> CausalLMOutputWithPast:
+        """Logits (B, T, V) for input_ids (B, T), conditioned on z (B, C) if given.
+
+        With z=None this is exactly the base decoder called with input_ids and attention_mask.
+        labels (B, T) give `loss`, the mean next-token cross-entropy over labels != -100.
+        """
+        if z is None:
+            with self._adapters(None):
+                logits = self.decoder(input_ids=input_ids, attention_mask=attention_mask).logits
+        else:
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            inputs = self._prepare(input_ids, mask, self._check_z(z, input_ids))
+            with self._adapters(z):
+                logits = self._logits(inputs)[:, -input_ids.shape[1] :]  # (B, T, V)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        z: Tensor | None = None,
+        max_new_tokens: int = 20,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> Tensor:
+        """Greedy continuation (B, T + N), N <= max_new_tokens; see `greedy`."""
+        out = self.greedy(input_ids, attention_mask, z, max_new_tokens, eos_token_id, pad_token_id)
+        return out.sequences
+
+    @torch.no_grad()
+    def greedy(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        z: Tensor | None = None,
+        max_new_tokens: int = 20,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> GreedyOutput:
+        """Greedy decoding of input_ids (B, T) with the KV cache, conditioned on z (B, C) if given.
+
+        Like transformers' greedy `generate`: eos and pad ids default to the decoder's
+        generation config (pad falls back to the first eos), decoding stops once every row
+        has produced an eos, and finished rows are padded. With z=None it picks the tokens of
+        the base model's `generate(do_sample=False)` (without its logits processors).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if z is not None:
+            z = self._check_z(z, input_ids)
+        eos, pad = self._stop_tokens(eos_token_id, pad_token_id, input_ids.device)
+        inputs = self._prepare(input_ids, mask, z)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        tokens, step_logits = [], []
+        with self._adapters(z):
+            for _ in range(max_new_tokens):
+                logits = self._logits(inputs)[:, -1]  # (B, V)
+                token = logits.argmax(-1)  # (B,)
+                if eos is not None:
+                    token = token.masked_fill(done, pad)
+                    done |= torch.isin(token, eos)
+                tokens.append(token)
+                step_logits.append(logits)
+                if done.all():
+                    break
+                inputs = self._next_inputs(inputs, token, z)
+        sequences = torch.cat([input_ids, torch.stack(tokens, 1)], 1)  # (B, T + N)
+        return GreedyOutput(sequences=sequences, logits=torch.stack(step_logits, 1))
+
+    def _stop_tokens(
+        self, eos_token_id: int | list[int] | None, pad_token_id: int | None, device: torch.device
+    ) -> tuple[Tensor | None, int | None]:
+        """Eos ids (E,) or None, and the pad id, defaulting to the decoder's generation config."""
+        defaults = self.decoder.generation_config
+        eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
+        if eos is None:
+            return None, None
+        eos = torch.tensor(eos, device=device).flatten()  # (E,)
+        pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
+        return eos, int(eos[0]) if pad is None else pad
+
+    def _check_z(self, z: Tensor, input_ids: Tensor) -> Tensor:
+        """Validate z (B, C) against the code size and the batch; cast it to the maps' dtype."""
+        size = self.config.code_size
+        if z.ndim != 2 or z.shape[1] != size:
+            raise ValueError(
+                f"z must have shape (batch, {size}) for code size {size}; got {tuple(z.shape)}"
+            )
+        if z.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"z has batch size {z.shape[0]} but input_ids has batch size {input_ids.shape[0]}"
+            )
+        return z.to(self.memory_map.weight.dtype)
+
+    def _adapters(self, z: Tensor | None) -> AbstractContextManager:
+        """LoRA adapters are on only on the memory path."""
+        if z is None and isinstance(self.decoder, PeftModel):
+            return self.decoder.disable_adapter()
+        return nullcontext()
+
+    def _embed(self, input_ids: Tensor, z: Tensor | None) -> Tensor:
+        """Token embeddings (B, T, H), shifted by the embedding offset of z (B, C) if any."""
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        if z is None or self.offset_map is None:
+            return embeds
+        return embeds + self.offset_map(z)[:, None, :]  # (B, 1, H) broadcast over T
+
+    def _prepare(self, input_ids: Tensor, mask: Tensor, z: Tensor | None) -> _DecoderInputs:
+        """The first decoder call for input_ids (B, T) and mask (B, T), with the memory of z."""
+        embeds = self._embed(input_ids, z)
+        if z is None:
+            cache = DynamicCache(config=self.text_config)
+            return _DecoderInputs(embeds, mask, _positions(mask), cache, memory=0)
+        if self.config.mode == "kv":
+            return self._prepare_kv(embeds, mask, z)
+        return self._prepare_prefix(embeds, mask, z)
+
+    def _prepare_kv(self, embeds: Tensor, mask: Tensor, z: Tensor) -> _DecoderInputs:
+        """Memory slots in the cache, visible to all tokens; tokens keep positions 0..T-1."""
+        slots = self.config.slots
+        positions = _positions(mask)  # (B, T)
+        mask = torch.cat([mask.new_ones(mask.shape[0], slots), mask], 1)  # (B, S + T)
+        return _DecoderInputs(embeds, mask, positions, self._memory_cache(z), memory=slots)
+
+    def _prepare_prefix(self, embeds: Tensor, mask: Tensor, z: Tensor) -> _DecoderInputs:
+        """P soft embeddings before the tokens, at positions 0..P-1; tokens follow."""
+        length = self.config.prefix_length
+        prefix = self.memory_map(z).view(-1, length, self.shape.hidden)  # (B, P, H)
+        embeds = torch.cat([prefix, embeds], 1)  # (B, P + T, H)
+        mask = torch.cat([mask.new_ones(mask.shape[0], length), mask], 1)  # (B, P + T)
+        return _DecoderInputs(embeds, mask, _positions(mask), DynamicCache(), memory=length)
+
+    def _memory_cache(self, z: Tensor) -> DynamicCache:
+        """A cache holding the memory slots of z (B, C): keys and values (B, G, S, D) per layer."""
+        s = self.shape
+        kinds = 1 if self.config.share_key_value else 2
+        kv = self.memory_map(z).view(-1, s.layers, kinds, self.config.slots, s.kv_heads, s.head_dim)
+        kv = kv.permute(1, 2, 0, 4, 3, 5)  # (L, kinds, B, G, S, D)
+        cache = DynamicCache()
+        for layer, pair in enumerate(kv):
+            cache.update(pair[0], pair[-1], layer)
+        return cache
+
+    def _next_inputs(
+        self, inputs: _DecoderInputs, token: Tensor, z: Tensor | None
+    ) -> _DecoderInputs:
+        """The decoder call that feeds the chosen token (B,) after `inputs`."""
+        ones = inputs.mask.new_ones(inputs.mask.shape[0], 1)
+        return inputs._replace(
+            embeds=self._embed(token[:, None], z),  # (B, 1, H)
+            mask=torch.cat([inputs.mask, ones], 1),
+            positions=inputs.positions[:, -1:] + 1,  # (B, 1)
+        )
+
+    def _logits(self, inputs: _DecoderInputs) -> Tensor:
+        """Decoder logits (B, T', V) for one call; the cache grows by T' positions."""
+        return self.decoder(
+            inputs_embeds=inputs.embeds,
+            attention_mask=self._attention_mask(inputs),
+            position_ids=inputs.positions,
+            cache=inputs.cache,
+            use_cache=True,
+        ).logits
+
+    def _attention_mask(self, inputs: _DecoderInputs) -> Tensor | dict[str, Tensor | None]:
+        """The 2D mask, or for sliding-window layers per-type masks that keep the memory visible.
+
+        Full attention already lets every position see the M memory entries at the front; a
+        sliding window would hide them from positions more than a window away.
+        """
+        layer_types = set(getattr(self.text_config, "layer_types", None) or ())
+        if inputs.memory == 0 or "sliding_attention" not in layer_types:
+            return inputs.mask
+        memory = inputs.memory
+
+        def memory_visible(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+            return key < memory
+
+        return {
+            kind: _MASK_BUILDERS[kind](
+                config=self.text_config,
+                inputs_embeds=inputs.embeds,
+                attention_mask=inputs.mask,
+                cache=inputs.cache,
+                position_ids=inputs.positions,
+                or_mask_function=memory_visible,
+            )
+            for kind in layer_types
+        }

@@ -1,0 +1,321 @@
+"""Tests for larimar.model.conditioning on tiny random decoders (CPU, float32)."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from larimar.model.conditioning import (
+    ConditioningConfig,
+    DecoderShape,
+    MemoryConditionedDecoder,
+)
+
+VOCAB = 96
+CODE = 12
+EOS = 3
+COMMON = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _gemma3_config(**overrides: object) -> Gemma3TextConfig:
+    base = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        **COMMON,
+    )
+    return Gemma3TextConfig(**{**base, **overrides})
+
+
+ARCHS = {
+    "llama_gqa": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **COMMON,
+        )
+    ),
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **COMMON)
+    ),
+    "qwen2": lambda: Qwen2ForCausalLM(
+        Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **COMMON,
+        )
+    ),
+    "gemma3": lambda: Gemma3ForCausalLM(_gemma3_config()),
+    "gemma3_eager": lambda: Gemma3ForCausalLM(_gemma3_config(attn_implementation="eager")),
+}
+MODES = {
+    "kv": dict(mode="kv", slots=2),
+    "kv_shared": dict(mode="kv", share_key_value=True),
+    "prefix": dict(mode="prefix", prefix_length=3),
+}
+
+
+def make_decoder(arch: str) -> PreTrainedModel:
+    torch.manual_seed(0)
+    return ARCHS[arch]().eval()
+
+
+def condition(decoder: PreTrainedModel, **overrides: object) -> MemoryConditionedDecoder:
+    """A conditioned decoder whose maps are large enough for z to visibly matter."""
+    torch.manual_seed(1)
+    config = ConditioningConfig(code_size=CODE, init_std=1.0, **overrides)
+    model = MemoryConditionedDecoder(decoder, config)
+    if model.offset_map is not None:
+        nn.init.normal_(model.offset_map.weight, std=0.1)
+    return model
+
+
+def batch(lengths: list[int], side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) and attention mask (B, T) of sequences padded with 0 to the longest."""
+    generator = torch.Generator().manual_seed(2)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        span = slice(width - length, width) if side == "left" else slice(0, length)
+        ids[row, span] = torch.randint(4, VOCAB, (length,), generator=generator)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def code(batch_size: int, seed: int = 3) -> torch.Tensor:
+    return torch.randn(batch_size, CODE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=list(ARCHS))
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> dict:
+    return MODES[request.param]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="code_size"):
+        ConditioningConfig(code_size=0)
+    with pytest.raises(ValueError, match="mode"):
+        ConditioningConfig(code_size=4, mode="tokens")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lora_rank"):
+        ConditioningConfig(code_size=4, trainable="lora")
+    with pytest.raises(ValueError, match="slots"):
+        ConditioningConfig(code_size=4, slots=0)
+
+
+@pytest.mark.parametrize(
+    ("arch_name", "expected"),
+    [
+        ("llama_gqa", DecoderShape(layers=2, kv_heads=2, head_dim=8, hidden=32)),
+        ("gpt2", DecoderShape(layers=2, kv_heads=4, head_dim=8, hidden=32)),
+        ("gemma3", DecoderShape(layers=2, kv_heads=2, head_dim=8, hidden=32)),
+    ],
+)
+def test_decoder_shape(arch_name: str, expected: DecoderShape) -> None:
+    assert DecoderShape.from_config(make_decoder(arch_name).config) == expected
+
+
+def test_kv_map_width_follows_gqa_and_sharing() -> None:
+    decoder = make_decoder("llama_gqa")
+    separate = MemoryConditionedDecoder(decoder, ConditioningConfig(code_size=CODE, slots=3))
+    shared_config = ConditioningConfig(code_size=CODE, slots=3, share_key_value=True)
+    shared = MemoryConditionedDecoder(decoder, shared_config)
+    assert separate.memory_map.weight.shape == (2 * 2 * 3 * 2 * 8, CODE)  # L * (k, v) * S * G * D
+    assert shared.memory_map.weight.shape == (2 * 1 * 3 * 2 * 8, CODE)
+
+
+def test_shapes_and_loss(arch: str, mode: dict) -> None:
+    model = condition(make_decoder(arch), **mode)
+    ids, mask = batch([7, 5])
+    labels = ids.masked_fill(mask == 0, -100)
+    out = model(ids, mask, z=code(2), labels=labels)
+    assert out.logits.shape == (2, 7, VOCAB)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+
+def test_without_z_is_exactly_the_base_decoder(arch: str, mode: dict) -> None:
+    decoder = make_decoder(arch)
+    ids, mask = batch([7, 5])
+    base_padded = decoder(input_ids=ids, attention_mask=mask).logits
+    base_plain = decoder(input_ids=ids).logits
+    model = condition(decoder, **mode)
+    assert torch.equal(model(ids, mask).logits, base_padded)
+    assert torch.equal(model(ids).logits, base_plain)
+
+
+def test_z_changes_the_logits(arch: str, mode: dict) -> None:
+    model = condition(make_decoder(arch), **mode)
+    ids, mask = batch([7, 5])
+    plain = model(ids, mask).logits
+    first = model(ids, mask, z=code(2, seed=4)).logits
+    second = model(ids, mask, z=code(2, seed=5)).logits
+    assert not torch.allclose(first, plain)
+    assert not torch.allclose(first, second)
+
+
+def test_gradients_reach_the_maps_and_z(arch: str, mode: dict) -> None:
+    model = condition(make_decoder(arch), **mode)
+    ids, mask = batch([6, 6])
+    z = code(2).requires_grad_(True)
+    model(ids, mask, z=z, labels=ids).loss.backward()
+    assert model.memory_map.weight.grad.abs().sum() > 0
+    assert model.offset_map.weight.grad.abs().sum() > 0
+    assert z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_does_not_change_real_tokens(arch: str, mode: dict, side: str) -> None:
+    model = condition(make_decoder(arch), **mode)
+    ids, mask = batch([5, 8], side)
+    z = code(2)
+    padded = model(ids, mask, z=z).logits[0][mask[0].bool()]  # (5, V)
+    alone = model(ids[:1][mask[:1].bool()][None], z=z[:1]).logits[0]  # (5, V)
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [{}, {"eos_token_id": EOS, "pad_token_id": EOS}, {"eos_token_id": [EOS, 5]}],
+    ids=["config_defaults", "eos_and_pad", "eos_list"],
+)
+def test_generate_without_z_matches_base_greedy(arch: str, stop: dict) -> None:
+    decoder = make_decoder(arch)
+    model = condition(decoder)
+    ids, mask = batch([6, 4])
+    ours = model.generate(ids, mask, max_new_tokens=7, **stop)
+    theirs = decoder.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=7, **stop
+    )
+    assert torch.equal(ours, theirs)
+
+
+def test_cached_decoding_matches_a_full_forward(arch: str, mode: dict) -> None:
+    model = condition(make_decoder(arch), **mode)
+    model.decoder.generation_config.eos_token_id = None  # decode all 6 tokens
+    ids, mask = batch([6, 4])
+    z = code(2)
+    out = model.greedy(ids, mask, z=z, max_new_tokens=6)
+    assert out.sequences.shape == (2, 12) and out.logits.shape == (2, 6, VOCAB)
+    assert torch.equal(out.sequences[:, 6:], out.logits.argmax(-1))
+    full_mask = torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1)
+    full = model(out.sequences[:, :-1], full_mask, z=z).logits[:, 5:]  # (B, 6, V)
+    torch.testing.assert_close(out.logits, full, rtol=1e-4, atol=1e-5)
+
+
+def test_generation_stops_at_eos() -> None:
+    model = condition(make_decoder("llama_gqa"))
+    ids, mask = batch([5])
+    z = code(1)
+    first = int(model.greedy(ids, mask, z=z, max_new_tokens=1).sequences[0, -1])
+    stopped = model.generate(ids, mask, z=z, max_new_tokens=5, eos_token_id=first)
+    assert stopped.shape == (1, 6)
+
+
+@pytest.mark.parametrize("mode_name", ["kv", "prefix"])
+def test_memory_stays_visible_beyond_the_sliding_window(mode_name: str) -> None:
+    torch.manual_seed(0)
+    decoder = Gemma3ForCausalLM(_gemma3_config(layer_types=["sliding_attention"] * 2)).eval()
+    model = condition(decoder, embedding_offset=False, **MODES[mode_name])
+    ids, mask = batch([10])
+    first = model(ids, mask, z=code(1, seed=4)).logits[0, -1]
+    second = model(ids, mask, z=code(1, seed=5)).logits[0, -1]
+    assert not torch.allclose(first, second)
+
+
+def test_lora_is_active_only_with_z(arch: str) -> None:
+    decoder = make_decoder(arch)
+    ids, mask = batch([7, 5])
+    base = decoder(input_ids=ids, attention_mask=mask).logits
+    base_tokens = decoder.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=4
+    )
+    model = condition(decoder, lora_rank=4, trainable="lora")
+    z = code(2)
+    without_lora = model(ids, mask, z=z).logits
+    for name, param in model.decoder.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.5)
+    assert torch.equal(model(ids, mask).logits, base)
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=4), base_tokens)
+    assert not torch.allclose(model(ids, mask, z=z).logits, without_lora)
+
+
+def test_lora_targets_are_inferred(arch: str) -> None:
+    model = condition(make_decoder(arch), lora_rank=2)
+    names = [name for name, _ in model.decoder.named_parameters() if "lora_A" in name]
+    lora_modules = {name.rsplit(".lora_A", 1)[0] for name in names}
+    assert len(lora_modules) == (4 if arch == "gpt2" else 8)  # 2 layers x attention projections
+
+
+def test_trainable_parts() -> None:
+    model = condition(make_decoder("llama_gqa"), lora_rank=2)
+    maps = {model.memory_map.weight, model.offset_map.weight}
+    model.set_trainable("adapter")
+    assert set(model.trainable_parameters()) == maps
+    model.set_trainable("lora")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    decoder_names = names - {"memory_map.weight", "offset_map.weight"}
+    assert decoder_names and all("lora_" in name for name in decoder_names)
+    model.set_trainable("full")
+    assert len(model.trainable_parameters()) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="lora_rank"):
+        condition(make_decoder("llama_gqa")).set_trainable("lora")
+
+
+@pytest.mark.parametrize("arch_name", ["gpt2", "gemma3"])
+def test_tied_embeddings_stay_tied(arch_name: str) -> None:
+    decoder = make_decoder(arch_name)
+    model = condition(decoder, trainable="full", lora_rank=2)
+    assert decoder.get_input_embeddings().weight is decoder.get_output_embeddings().weight
+    params = model.trainable_parameters()
+    assert len(params) == len({id(p) for p in params})
+
+
+def test_z_errors_name_the_expected_size() -> None:
+    model = condition(make_decoder("llama_gqa"))
+    ids, mask = batch([5, 5])
+    with pytest.raises(ValueError, match=f"code size {CODE}"):
+        model(ids, mask, z=torch.randn(2, CODE + 1))
+    with pytest.raises(ValueError, match=f"code size {CODE}"):
+        model(ids, mask, z=torch.randn(CODE))
+    with pytest.raises(ValueError, match="batch size 3"):
+        model(ids, mask, z=torch.randn(3, CODE))
+    with pytest.raises(ValueError, match="batch size 3"):
+        model.generate(ids, mask, z=torch.randn(3, CODE))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(ids, mask, max_new_tokens=0)
+
+
+def test_maps_follow_the_decoder_dtype() -> None:
+    decoder = make_decoder("llama_gqa").to(torch.bfloat16)
+    model = condition(decoder)
+    ids, mask = batch([5, 3])
+    assert model.memory_map.weight.dtype == torch.bfloat16
+    assert model(ids, mask, z=code(2)).logits.dtype == torch.bfloat16  # float32 z is cast
