@@ -244,13 +244,20 @@ class LarimarModel(nn.Module):
 
     # --------------------------------------------------------------------------- persistence
     def trained_state_dict(self) -> dict[str, Tensor]:
-        """The weights that training changes: everything except frozen base-model weights."""
-        keep = {}
+        """The weights that training changes: everything except frozen base-model weights.
+
+        Tied tensors (e.g. input and output embeddings) appear once, under their first name.
+        """
+        keep: dict[str, Tensor] = {}
+        seen: set[int] = set()
         for name, tensor in self.state_dict().items():
+            if tensor.data_ptr() in seen:
+                continue
             if name.startswith("encoder.encoder.") and not self.config.encoder_trainable:
                 continue
             if name.startswith("decoder.decoder.") and "lora_" not in name and self.decoder.config.trainable != "full":
                 continue
+            seen.add(tensor.data_ptr())
             keep[name] = tensor
         return keep
 

@@ -1,0 +1,157 @@
+"""The configuration of a training run, read from YAML and saved beside its checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..model.larimar import LarimarConfig
+from .data import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 20
+    """Linear warm-up steps (optimiser steps)."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warm-up, to zero at loop.max_steps."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0:
+            raise ValueError("optim: need lr > 0, grad_accum >= 1, warmup_steps >= 0")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"optim.schedule must be linear, cosine or constant; got {self.schedule!r}")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms besides reconstruction through memory (weight 1)."""
+
+    autoencoding: float = 0.0
+    """alpha on CE(x | z), decoding from the sentence's own latent."""
+    kl_max: float = 0.01
+    """Peak of the cyclical weight on the reading-weight KL."""
+    kl_cycle: int = 200
+    """Steps per KL cycle: the weight rises linearly over the first half, then stays at kl_max."""
+    language_model: float = 0.0
+    """Weight of CE(x | no memory); only useful when the decoder's own weights train."""
+
+    def kl_weight(self, step: int) -> float:
+        """The cyclical KL weight at an optimiser step."""
+        if self.kl_cycle <= 0:
+            return self.kl_max
+        phase = (step % self.kl_cycle) / (self.kl_cycle / 2)
+        return self.kl_max * min(1.0, phase)
+
+
+@dataclass
+class LoopConfig:
+    """Length of the run, and how often it logs, validates and checkpoints."""
+
+    max_steps: int = 1000
+    """Optimiser steps in the whole run (also the end of the LR schedule)."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) after this much wall time in one invocation; resume continues."""
+    log_every: int = 10
+    """Steps between JSONL log lines."""
+    eval_every: int = 100
+    """Steps between validations."""
+    save_every: int = 100
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted)."""
+    eval_sentences: int = 64
+    """Held-out sentences used by each validation (losses and copy accuracy)."""
+    cache_frozen_encoder: bool = True
+    """With a frozen encoder body, compute each text's pooled state once."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """"auto": bf16 on GPU, full precision on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"loop.max_steps must be >= 1; got {self.max_steps}")
+        for name in ("log_every", "eval_every", "save_every", "keep_checkpoints", "eval_sentences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loop.{name} must be >= 1; got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    output_dir: str = "runs/train"
+    """Where checkpoints, the log and the final model go."""
+    seed: int = 0
+    """Seed of initialisation, data order and sampling."""
+    model: LarimarConfig = field(default_factory=LarimarConfig)
+    """The model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Episodes."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Run length and bookkeeping."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view, for YAML/JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested dictionaries; unknown keys are an error that names them."""
+        sections = {"model": LarimarConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+        _reject_unknown(cls, data, "")
+        kwargs = dict(data)
+        for name, klass in sections.items():
+            if name in kwargs and isinstance(kwargs[name], dict):
+                if klass is LarimarConfig:
+                    kwargs[name] = LarimarConfig.from_dict(kwargs[name])
+                else:
+                    _reject_unknown(klass, kwargs[name], name + ".")
+                    kwargs[name] = klass(**kwargs[name])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training config at {path}")
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {})
+
+    def save_yaml(self, path: str | Path) -> None:
+        """Write the resolved config."""
+        Path(path).write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+
+
+def _reject_unknown(klass: type, data: dict[str, Any], prefix: str) -> None:
+    unknown = set(data) - {f.name for f in fields(klass)}
+    if unknown:
+        raise ValueError(f"unknown training config keys: {sorted(prefix + k for k in unknown)}")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that safe_dump writes plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
