@@ -1,0 +1,259 @@
+"""The editor protocol every editing method implements, and a registry of them by name.
+
+The harness only talks to :class:`Editor`; it never branches on a method's name.
+
+Example:
+    >>> editor = get_editor("dummy")
+    >>> editor.edit([case])  # doctest: +SKIP
+    >>> editor.score(["Toko Yasuda, the"], ["piano"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from larimar.eval.datasets import EditCase
+from larimar.eval.lm import continuation_nll, generate_greedy
+
+logger = logging.getLogger(__name__)
+
+DecoderLoader = Callable[[], tuple[Any, Any]]
+Embedder = Callable[[Sequence[str]], torch.Tensor]
+
+
+class Editor(ABC):
+    """A model that can be edited, scored and sampled.
+
+    Implementations: ``edit`` applies facts (one call may carry a batch), ``reset`` restores
+    the unedited model, ``score`` returns per-pair mean token NLLs (continuations are joined
+    with :func:`larimar.eval.lm.join_continuation`), ``generate`` returns greedy continuations.
+    """
+
+    name: str = "editor"
+
+    @abstractmethod
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        """Apply the edits in ``cases`` on top of the current state."""
+
+    def forget(self, case_ids: Sequence[str]) -> None:
+        """Remove earlier edits by case id."""
+        raise NotImplementedError(
+            f"editor {self.name!r} cannot forget individual edits; call reset() to drop all"
+        )
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop every edit."""
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """(N,) mean token NLL of each continuation after its prompt."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """(N,) greedy continuations, without the prompts."""
+
+    def config(self) -> dict[str, Any]:
+        """Settings to save next to results."""
+        return {"name": self.name}
+
+
+_REGISTRY: dict[str, type[Editor]] = {}
+E = TypeVar("E", bound=type[Editor])
+
+
+def register_editor(name: str) -> Callable[[E], E]:
+    """Class decorator that registers an :class:`Editor` under ``name``."""
+
+    def decorate(cls: E) -> E:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"editor name {name!r} is already registered by {_REGISTRY[name]}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_editors() -> list[str]:
+    """Sorted names of registered editors."""
+    return sorted(_REGISTRY)
+
+
+def get_editor(name: str, **kwargs: Any) -> Editor:
+    """Construct the editor registered as ``name`` with ``kwargs``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown editor {name!r}; available: {', '.join(available_editors())}")
+    return _REGISTRY[name](**kwargs)
+
+
+@register_editor("dummy")
+class DummyEditor(Editor):
+    """Model-free editor for harness tests.
+
+    Unedited scores are a deterministic function of the strings in [1, 5). After an edit,
+    any prompt containing an edited subject scores that edit's ``target_new`` at 0.1 and
+    generates ``" {target_new}."``; other prompts generate ``" unknown."``.
+    """
+
+    def __init__(self) -> None:
+        self.edits: dict[str, EditCase] = {}
+
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        self.edits.update({c.case_id: c for c in cases})
+
+    def forget(self, case_ids: Sequence[str]) -> None:
+        for cid in case_ids:
+            self.edits.pop(cid, None)
+
+    def reset(self) -> None:
+        self.edits.clear()
+
+    def _edit_for(self, prompt: str) -> EditCase | None:
+        return next((c for c in self.edits.values() if c.subject and c.subject in prompt), None)
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        out = []
+        for p, c in zip(prompts, continuations):
+            case = self._edit_for(p)
+            if case is not None and c == case.target_new:
+                out.append(0.1)
+            else:
+                out.append(1.0 + (zlib.crc32(f"{p}\x00{c}".encode()) % 4000) / 1000)
+        return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        out = []
+        for p in prompts:
+            case = self._edit_for(p)
+            out.append(f" {case.target_new}." if case else " unknown.")
+        return out
+
+
+def default_decoder() -> tuple[Any, Any]:
+    """The project's default decoder, imported lazily (``larimar.model.assets``)."""
+    from larimar.model.assets import load_default_decoder
+
+    return load_default_decoder()
+
+
+@register_editor("none")
+class UneditedEditor(Editor):
+    """The base decoder with no editing: the lower bound every method is compared with.
+
+    Args:
+        model: a Hugging Face causal LM; loaded with ``load_decoder`` when omitted.
+        tokenizer: its tokenizer (required with ``model``).
+        load_decoder: callable returning ``(model, tokenizer)``; defaults to
+            :func:`default_decoder`.
+        batch_size: sequences per forward pass when scoring and generating.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        load_decoder: DecoderLoader | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass both model and tokenizer, or neither (to use load_decoder)")
+        if model is None:
+            model, tokenizer = (load_decoder or default_decoder)()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        logger.debug("editor %r ignores %d edits", self.name, len(cases))
+
+    def forget(self, case_ids: Sequence[str]) -> None:
+        """Nothing is ever remembered, so forgetting is a no-op."""
+
+    def reset(self) -> None:
+        pass
+
+    def _context(self, prompts: Sequence[str]) -> list[str]:
+        """Text placed before each prompt; empty for the unedited model."""
+        return ["" for _ in prompts]
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        full = [c + p for c, p in zip(self._context(prompts), prompts)]
+        return continuation_nll(self.model, self.tokenizer, full, continuations, self.batch_size)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        full = [c + p for c, p in zip(self._context(prompts), prompts)]
+        return generate_greedy(self.model, self.tokenizer, full, max_new_tokens, self.batch_size)
+
+    def config(self) -> dict[str, Any]:
+        model_name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        return {"name": self.name, "model": model_name, "batch_size": self.batch_size}
+
+
+@register_editor("icl")
+class InContextEditor(UneditedEditor):
+    """IKE-style in-context editing: edited facts are written into the prompt.
+
+    Each query is preceded by ``"New fact: {prompt} {target_new}\\n"`` for every edited fact.
+    With ``scope_threshold`` set, a scope detector decides per query (from the query alone):
+    the facts are prepended only when the cosine similarity between the query's embedding and
+    its nearest fact's embedding is >= ``scope_threshold``.
+
+    Args:
+        scope_threshold: cosine-similarity threshold, or ``None`` to always prepend.
+        embed: ``embed(texts) -> (N, H)`` L2-normalised embeddings; required with a threshold.
+        **kwargs: passed to :class:`UneditedEditor`.
+    """
+
+    def __init__(
+        self, scope_threshold: float | None = None, embed: Embedder | None = None, **kwargs: Any
+    ) -> None:
+        if scope_threshold is not None and embed is None:
+            raise ValueError(
+                "scope_threshold needs an embed(texts) -> (N, H) callable, e.g. "
+                "larimar.model.encoder.SentenceEncoder(...).embed"
+            )
+        super().__init__(**kwargs)
+        self.scope_threshold = scope_threshold
+        self.embed = embed
+        self.facts: dict[str, str] = {}
+        self._fact_emb: torch.Tensor | None = None  # (F, H)
+
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        self.facts.update({c.case_id: c.fact for c in cases})
+        self._fact_emb = None
+
+    def forget(self, case_ids: Sequence[str]) -> None:
+        for cid in case_ids:
+            self.facts.pop(cid, None)
+        self._fact_emb = None
+
+    def reset(self) -> None:
+        self.facts.clear()
+        self._fact_emb = None
+
+    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether each query gets the facts (all True without a scope detector)."""
+        if not self.facts:
+            return [False for _ in prompts]
+        if self.scope_threshold is None or self.embed is None:
+            return [True for _ in prompts]
+        if self._fact_emb is None:
+            self._fact_emb = self.embed(list(self.facts.values()))  # (F, H)
+        sims = self.embed(list(prompts)) @ self._fact_emb.T  # (N, F)
+        return (sims.max(dim=-1).values >= self.scope_threshold).tolist()
+
+    def _context(self, prompts: Sequence[str]) -> list[str]:
+        block = "".join(f"New fact: {fact}\n" for fact in self.facts.values())
+        return [block if flag else "" for flag in self.in_scope(prompts)]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "scope_threshold": self.scope_threshold}
