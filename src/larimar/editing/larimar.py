@@ -1,0 +1,195 @@
+"""The user-facing Larimar: load a model, teach it facts in a memory, ask, score, forget.
+
+Symbols: C code size, n candidates.
+
+Scope (spec 5.1): the detector decides once per query, from the query alone. The query is in
+scope when the cosine similarity of its sentence embedding to the nearest written fact or
+paraphrase is at least the threshold; then the memory readout z_r = s * read(encode(query))
+(s = `readout_scale`) conditions the decoder. Otherwise, and without a memory, the plain
+decoder answers: exactly the base model.
+
+Example:
+    >>> import larimar
+    >>> lm = larimar.load()
+    >>> memory = lm.new_memory()
+    >>> [fid] = memory.write(["The Eiffel Tower is located in Rome."])
+    >>> lm.generate("The Eiffel Tower is located in", memory=memory)
+    >>> lm.ask("Where is the Eiffel Tower?", memory).in_scope
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..model.larimar import CONFIG_FILE, LarimarModel
+from ..model.text import continuation_nll, generate
+from .easyedit import edit as easyedit_edit
+from .encoding import encode_texts
+from .memory import Memory
+from .persistence import load_memory
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+"""Where the built-in model ships inside the package."""
+
+
+@dataclass(frozen=True)
+class ScopeDecision:
+    """Whether a query uses the memory, and the readout that conditions the decoder if so."""
+
+    in_scope: bool
+    """True: the decoder is conditioned on `z`; False: the plain decoder answers."""
+    fact_id: str | None
+    """Id of the nearest written fact (None without facts)."""
+    similarity: float | None
+    """Cosine similarity to that fact or one of its paraphrases (None without facts)."""
+    z: Tensor | None
+    """(1, C) scaled readout in the decoder's dtype when in scope, else None."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A generated answer and how the scope detector routed its query."""
+
+    text: str
+    """The greedy continuation of the prompt."""
+    in_scope: bool
+    """Whether the memory conditioned the answer."""
+    fact_id: str | None
+    """Id of the nearest written fact (None without facts)."""
+    similarity: float | None
+    """Cosine similarity of the prompt to that fact (None without facts)."""
+
+
+class Larimar:
+    """A Larimar model ready for editing: memories, scope detection, generation and scoring.
+
+    Args:
+        model: a trained (or untrained) `LarimarModel`; it is put in eval mode.
+        scope_threshold: default cosine-similarity threshold of the scope detector; None takes
+            `model.config.scope_threshold`.
+    """
+
+    def __init__(self, model: LarimarModel, scope_threshold: float | None = None) -> None:
+        self.model = model.eval()
+        self.scope_threshold = _threshold(scope_threshold, model.config.scope_threshold)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The decoder's tokenizer."""
+        return self.model.tokenizer
+
+    # ----------------------------------------------------------------------------- memories
+    def new_memory(self) -> Memory:
+        """An empty memory for this model."""
+        return Memory(self.model)
+
+    def load_memory(self, path: str | Path) -> Memory:
+        """A memory saved with `Memory.save` (by this model)."""
+        return load_memory(self.model, Path(path))
+
+    # ----------------------------------------------------------------------------- queries
+    @torch.no_grad()
+    def scope(self, prompt: str, memory: Memory | None = None, scope_threshold: float | None = None) -> ScopeDecision:
+        """Decide from the prompt alone whether the memory answers it, and read it if so."""
+        _check_prompt(prompt)
+        threshold = _threshold(scope_threshold, self.scope_threshold)
+        if memory is None or len(memory) == 0:
+            return ScopeDecision(False, None, None, None)
+        self._check_owner(memory)
+        latent, embedding = encode_texts(self.model.encoder, [prompt])  # (1, C), (1, H)
+        fact_id, similarity = memory.nearest(embedding[0])  # type: ignore[misc]
+        if similarity < threshold:
+            return ScopeDecision(False, fact_id, similarity, None)
+        z = self.model.config.readout_scale * memory.read(latent)  # (1, C) float64
+        z = z.to(self.model.decoder.memory_map.weight.dtype)
+        return ScopeDecision(True, fact_id, similarity, z)
+
+    def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
+                 scope_threshold: float | None = None) -> str:
+        """Greedy continuation of `prompt`, conditioned on the memory when the query is in scope."""
+        return self.ask(prompt, memory, max_new_tokens, scope_threshold).text
+
+    def ask(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
+            scope_threshold: float | None = None) -> Answer:
+        """Like `generate`, with the scope decision: in scope or not, nearest fact, similarity."""
+        decision = self.scope(prompt, memory, scope_threshold)
+        [text] = generate(self.model.decoder, self.tokenizer, [prompt], z=decision.z, max_new_tokens=max_new_tokens)
+        return Answer(text, decision.in_scope, decision.fact_id, decision.similarity)
+
+    def score(self, prompt: str, candidates: Sequence[str], memory: Memory | None = None,
+              scope_threshold: float | None = None) -> list[float]:
+        """Mean token NLL (nats) of each candidate as a continuation of `prompt`; lower is likelier.
+
+        The scope is decided once, from the prompt; every candidate sees the same readout.
+        """
+        if isinstance(candidates, str) or not candidates:
+            raise ValueError("candidates must be a non-empty list of strings, e.g. ['Paris', 'Rome']")
+        decision = self.scope(prompt, memory, scope_threshold)
+        z = None if decision.z is None else decision.z.expand(len(candidates), -1)  # (n, C)
+        return continuation_nll(self.model.decoder, self.tokenizer, [prompt] * len(candidates), list(candidates), z=z)
+
+    # ----------------------------------------------------------------------------- EasyEdit
+    def edit(
+        self,
+        prompts: str | Sequence[str],
+        target_new: str | Sequence[str],
+        ground_truth: str | Sequence[str] | None = None,
+        rephrase_prompts: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        locality_inputs: Mapping[str, Mapping[str, Any]] | None = None,
+        memory: Memory | None = None,
+        scope_threshold: float | None = None,
+    ) -> tuple[list[dict[str, Any]], Memory]:
+        """EasyEdit-compatible editing; see `larimar.editing.easyedit.edit`."""
+        return easyedit_edit(self, prompts, target_new, ground_truth, rephrase_prompts, locality_inputs, memory, scope_threshold)
+
+    def _check_owner(self, memory: Memory) -> None:
+        if memory.model is not self.model:
+            raise ValueError("this memory belongs to another model; create it with this model's new_memory()")
+
+
+def load(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
+         scope_threshold: float | None = None) -> Larimar:
+    """Load a saved Larimar model (a `LarimarModel.save_pretrained` folder), offline.
+
+    Args:
+        path: the model folder; None loads the built-in model shipped in the package.
+        dtype: dtype of the model weights (memory math is float64 regardless).
+        scope_threshold: overrides the model's default scope threshold.
+
+    Raises:
+        FileNotFoundError: no model at `path`, or the built-in model is not installed.
+    """
+    if path is None:
+        if not (BUILTIN_DIR / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"the built-in Larimar model is not available yet (expected it at {BUILTIN_DIR}); "
+                "pass the folder of a saved model instead: larimar.load('path/to/model')"
+            )
+        path = BUILTIN_DIR
+    logger.info("loading Larimar model from %s", path)
+    return Larimar(LarimarModel.from_pretrained(path, dtype=dtype), scope_threshold)
+
+
+def _threshold(value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"scope_threshold is a cosine similarity in [-1, 1]; got {value!r}")
+    return float(value)
+
+
+def _check_prompt(prompt: str) -> None:
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string; got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty; pass a question or the start of a sentence")

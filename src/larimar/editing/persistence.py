@@ -1,0 +1,97 @@
+"""Memory files: one safetensors file with the MemoryState, the written items and the fact log.
+
+Tensors: the `MemoryState` ones (memory (1, K, C), gram_pinv and free (1, K, K)) under their
+usual names, so `MemoryState.load` reads the file, plus item_latents (N, C), item_keys (N, K)
+and item_embeddings (N, H), all float64. The JSON metadata holds the fact log and a
+fingerprint of the model that wrote the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..memory.state import FORMAT, FORMAT_VERSION, MemoryState, load_state_file
+from ..model.larimar import LarimarModel
+from .memory import Fact, Items, Memory
+
+KIND = "larimar.facts"
+KIND_VERSION = 1
+
+
+def model_fingerprint(model: LarimarModel) -> str:
+    """Short hash of what gives latents and keys their meaning: the encoder head and the prior."""
+    digest = hashlib.sha256()
+    for t in (model.encoder.head.weight, model.memory.prior):
+        digest.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fact_record(fact: Fact) -> dict[str, Any]:
+    return {"id": fact.id, "text": fact.text, "created": fact.created.isoformat(), "paraphrases": list(fact.paraphrases)}
+
+
+def _fact(record: dict[str, Any]) -> Fact:
+    return Fact(record["id"], record["text"], datetime.fromisoformat(record["created"]), tuple(record["paraphrases"]))
+
+
+def save_memory(memory: Memory, path: Path) -> None:
+    """Write `memory` to `path` via a temporary file in the same folder and an atomic rename."""
+    state, items = memory.state, memory.items
+    tensors = {name: t for name, t in (("memory", state.memory), ("gram_pinv", state.gram_pinv), ("free", state.free))}
+    tensors |= {"item_latents": items.latents, "item_keys": items.keys, "item_embeddings": items.embeddings}
+    tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
+    log = {
+        "kind": KIND, "kind_version": KIND_VERSION, "model": model_fingerprint(memory.model),
+        "facts": [_fact_record(f) for f in memory.facts()], "owners": items.owners,
+    }
+    header = {"format": FORMAT, "version": str(FORMAT_VERSION), "metadata": json.dumps(log)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, temp, metadata=header)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def read_facts(path: Path) -> list[Fact]:
+    """The fact log of a memory file, without loading any model."""
+    _, log = load_state_file(path, "cpu", tensors=False)
+    return [_fact(r) for r in _check_kind(path, log)["facts"]]
+
+
+def _check_kind(path: Path, log: dict[str, Any]) -> dict[str, Any]:
+    if log.get("kind") != KIND:
+        raise ValueError(f"{path} is a memory state but holds no fact log; it was not written by Memory.save")
+    return log
+
+
+def load_memory(model: LarimarModel, path: Path) -> Memory:
+    """Read a file written by `save_memory` for this model.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a larimar memory file, or written by a different model.
+    """
+    device = model.encoder.head.weight.device
+    tensors, log = load_state_file(path, device)
+    _check_kind(path, log)
+    if log.get("model") != model_fingerprint(model):
+        raise ValueError(
+            f"{path} was written with a different model (fingerprint {log.get('model')}, this model "
+            f"{model_fingerprint(model)}); load it with the model that wrote it, or write the facts again"
+        )
+    state = MemoryState(tensors["memory"], tensors["gram_pinv"], tensors["free"])
+    items = Items(tensors["item_latents"], tensors["item_keys"], tensors["item_embeddings"], list(log["owners"]))
+    return Memory(model, state, items, [_fact(r) for r in log["facts"]])

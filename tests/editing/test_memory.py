@@ -1,0 +1,154 @@
+"""Memory: write / forget / facts / len, exact forgetting, persistence, and input errors."""
+
+from __future__ import annotations
+
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import larimar
+from larimar.memory import MemoryState
+from tests.tiny import SENTENCES
+
+FACTS = SENTENCES[:4]
+
+
+def queries(memory: larimar.Memory, n: int = 5) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(n, memory.state.code_size, dtype=torch.float64)  # (Q, C)
+
+
+def assert_same_state(a: MemoryState, b: MemoryState) -> None:
+    for x, y in ((a.memory, b.memory), (a.gram_pinv, b.gram_pinv), (a.free, b.free)):
+        assert torch.equal(x, y)
+
+
+def test_write_facts_len(lm: larimar.Larimar) -> None:
+    memory = lm.new_memory()
+    assert len(memory) == 0 and memory.facts() == []
+    ids = memory.write(FACTS[:2], paraphrases=[["Paris is France's capital."], []])
+    ids += memory.write(FACTS[2:3])
+    assert len(ids) == len(set(ids)) == 3 and len(memory) == 3
+    facts = memory.facts()
+    assert [f.id for f in facts] == ids and [f.text for f in facts] == FACTS[:3]
+    assert facts[0].paraphrases == ("Paris is France's capital.",) and facts[1].paraphrases == ()
+    assert facts[0].created.tzinfo == timezone.utc
+    assert memory.state.memory.dtype == torch.float64  # the model is float32
+    assert len(memory.items.owners) == 4
+
+
+def test_read_returns_written_latents(lm: larimar.Larimar) -> None:
+    memory = lm.new_memory()
+    memory.write(FACTS)
+    z = memory.items.latents  # (N, C), N <= C
+    assert torch.allclose(memory.read(z), z, atol=1e-10)
+
+
+def test_forget_equals_never_written(lm: larimar.Larimar) -> None:
+    forgetful, never = lm.new_memory(), lm.new_memory()
+    ids = [forgetful.write([f], [[f"{f} Indeed."]] if i == 1 else None)[0] for i, f in enumerate(FACTS)]
+    for i, f in enumerate(FACTS):
+        if i != 1:
+            never.write([f])
+    forgetful.forget(ids[1])
+    q = queries(forgetful)
+    assert torch.allclose(forgetful.read(q), never.read(q), atol=1e-10, rtol=0)
+    assert torch.allclose(forgetful.state.memory, never.state.memory, atol=1e-10, rtol=0)
+    assert [f.text for f in forgetful.facts()] == [f.text for f in never.facts()]
+    assert len(forgetful.items.owners) == 3  # the paraphrase went with its fact
+
+
+def test_forget_everything_gives_the_empty_memory(lm: larimar.Larimar) -> None:
+    memory = lm.new_memory()
+    empty = memory.state
+    for fact_id in memory.write(FACTS):
+        memory.forget(fact_id)
+    assert len(memory) == 0
+    assert_same_state(memory.state, empty)
+
+
+def test_save_load_round_trip_is_bit_identical(lm: larimar.Larimar, tmp_path: Path) -> None:
+    memory = lm.new_memory()
+    memory.write(FACTS, paraphrases=[["Paris is France's capital."], [], [], []])
+    path = tmp_path / "sub" / "memory.safetensors"
+    memory.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["memory.safetensors"]  # no temp file left
+    loaded = lm.load_memory(path)
+    assert loaded.facts() == memory.facts() and len(loaded) == len(memory)
+    assert_same_state(loaded.state, memory.state)
+    q = queries(memory)
+    assert torch.equal(loaded.read(q), memory.read(q))
+    assert MemoryState.load(path).memory.shape == memory.state.memory.shape  # readable as a plain state
+    loaded.forget(loaded.facts()[0].id)  # stored keys allow exact forgetting after a reload
+    memory.forget(memory.facts()[0].id)
+    assert torch.equal(loaded.read(q), memory.read(q))
+
+
+def test_save_overwrites_atomically(lm: larimar.Larimar, tmp_path: Path) -> None:
+    memory = lm.new_memory()
+    path = tmp_path / "m.safetensors"
+    memory.save(path)
+    memory.write(FACTS[:1])
+    memory.save(path)
+    assert len(lm.load_memory(path)) == 1
+
+
+def test_unknown_id_leaves_memory_unchanged(lm: larimar.Larimar) -> None:
+    memory = lm.new_memory()
+    memory.write(FACTS[:2])
+    before = memory.state
+    with pytest.raises(KeyError, match="no fact with id 'nope'"):
+        memory.forget("nope")
+    assert memory.state is before and len(memory) == 2
+
+
+@pytest.mark.parametrize(
+    ("facts", "paraphrases", "match"),
+    [
+        ([""], None, r"facts\[0\] is empty"),
+        (["  "], None, "empty"),
+        ([FACTS[0], 3], None, r"facts\[1\] is int, not a string"),
+        ("Paris is the capital of France.", None, "wrap a single fact in a list"),
+        ([], None, "no facts given"),
+        ([" ".join(["paris"] * 40)], None, "encoder reads at most 16"),
+        (FACTS[:2], [["a paraphrase"]], "one list of strings per fact"),
+        (FACTS[:1], [[""]], r"paraphrases\[0\]\[0\] is empty"),
+    ],
+)
+def test_bad_input_stores_nothing(lm: larimar.Larimar, facts, paraphrases, match: str) -> None:
+    memory = lm.new_memory()
+    memory.write(FACTS[:1])
+    before = memory.state
+    with pytest.raises(ValueError, match=match):
+        memory.write(facts, paraphrases)
+    assert memory.state is before and len(memory) == 1 and len(memory.items.owners) == 1
+
+
+def test_wrong_files(lm: larimar.Larimar, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no memory state file"):
+        lm.load_memory(tmp_path / "missing.safetensors")
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable memory state file"):
+        lm.load_memory(tmp_path / "text.safetensors")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a larimar memory state"):
+        lm.load_memory(tmp_path / "other.safetensors")
+    lm.model.memory.empty().save(tmp_path / "state.safetensors")
+    with pytest.raises(ValueError, match="holds no fact log"):
+        lm.load_memory(tmp_path / "state.safetensors")
+
+
+def test_memory_of_another_model_is_refused(lm: larimar.Larimar, model_dir: Path, tmp_path: Path) -> None:
+    other = larimar.load(model_dir)
+    with torch.no_grad():
+        other.model.encoder.head.weight.add_(1.0)
+    memory = other.new_memory()
+    memory.write(FACTS[:1])
+    memory.save(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="written with a different model"):
+        lm.load_memory(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="belongs to another model"):
+        lm.ask(FACTS[0], memory)
