@@ -5,6 +5,9 @@
     larimar ask PROMPT [--memory FILE] [--model PATH] [--max-new-tokens N] [--threshold T]
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
+    larimar train --config configs/train/NAME.yaml [--max-steps N] [--max-minutes M]
+    larimar corpus [--out runs/corpus]
+    larimar copy-eval --model PATH [--corpus runs/corpus]
 
 Each subcommand is a pair (add_arguments, run) in `COMMANDS`; add new ones there. Errors in
 user input print one line on stderr and exit with status 2.
@@ -147,12 +150,91 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_demo(args.model, args.max_new_tokens)
 
 
+# --------------------------------------------------------------------------------- train
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="training config (YAML), e.g. configs/train/cpu-lora.yaml")
+    parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    parser.add_argument("--max-steps", type=int, default=None, help="override loop.max_steps")
+    parser.add_argument("--max-minutes", type=float, default=None, help="override loop.max_minutes")
+    parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .train.config import TrainConfig
+    from .train.trainer import Trainer
+
+    logging.getLogger("larimar").setLevel(logging.INFO)
+    config = TrainConfig.from_yaml(args.config)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    if args.max_steps:
+        config.loop.max_steps = args.max_steps
+    if args.max_minutes is not None:
+        config.loop.max_minutes = args.max_minutes
+    result = Trainer(config).train(resume=not args.no_resume)
+    state = "finished" if result.finished else "stopped (run again to resume)"
+    print(f"{state} at step {result.step}; outputs in {result.output_dir}")
+    if result.last_validation:
+        print(", ".join(f"{k}={v:.4g}" for k, v in result.last_validation.items()))
+
+
+# --------------------------------------------------------------------------------- corpus
+def _corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/corpus"), help="output folder")
+    parser.add_argument("--no-wordnet", action="store_true", help="Wikipedia lead sentences only")
+    parser.add_argument("--heldout-fraction", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run_corpus(args: argparse.Namespace) -> None:
+    from .train.corpus import CorpusConfig, build_corpus
+
+    config = CorpusConfig(output_dir=args.out, heldout_fraction=args.heldout_fraction, seed=args.seed,
+                          wordnet_dir=None if args.no_wordnet else CorpusConfig.wordnet_dir)
+    stats = build_corpus(config)
+    print(f"{stats.train} training and {stats.heldout} held-out sentences in {args.out} ({stats.seconds:.1f} s)")
+    for source, n in sorted(stats.per_source.items(), key=lambda kv: -kv[1]):
+        print(f"  {source}: {n}")
+
+
+# --------------------------------------------------------------------------------- copy-eval
+def _copy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="folder of a saved Larimar model")
+    parser.add_argument("--corpus", type=Path, default=Path("runs/corpus"), help="corpus folder (uses heldout.jsonl)")
+    parser.add_argument("--limit", type=int, default=500, help="held-out sentences to use")
+    parser.add_argument("--episode-size", type=int, default=1, help="sentences written per memory")
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+
+
+def _run_copy(args: argparse.Namespace) -> None:
+    import json
+
+    from .model import LarimarModel
+    from .train.corpus import HELDOUT_FILE, load_sentences
+    from .train.validate import copy_accuracy, heldout_losses
+    from .train.data import Collator
+
+    model = LarimarModel.from_pretrained(args.model)
+    sentences = load_sentences(args.corpus / HELDOUT_FILE)[: args.limit]
+    copy = copy_accuracy(model, sentences, episode_size=args.episode_size)
+    collate = Collator(model.encoder.tokenizer, model.tokenizer, 16, 48)
+    losses = heldout_losses(model, sentences, collate, 16)
+    result = {"copy_accuracy": copy.with_memory, "copy_accuracy_without_memory": copy.without_memory,
+              "sentences": copy.n, "episode_size": copy.episode_size, **losses}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "demo": ("teach the model counterfactual facts, ask, forget, with timings", _demo_args, _run_demo),
     "write": ("write facts into a memory file", _write_args, _run_write),
     "ask": ("answer a prompt, using a memory file when in scope", _ask_args, _run_ask),
     "forget": ("forget a fact of a memory file by its id", _forget_args, _run_forget),
     "facts": ("list the facts of a memory file", _facts_args, _run_facts),
+    "train": ("train a Larimar model from a YAML config (resumes from checkpoints)", _train_args, _run_train),
+    "corpus": ("build the training corpus from offline Wikipedia and WordNet text", _corpus_args, _run_corpus),
+    "copy-eval": ("measure whether the decoder reads its memory (copy accuracy, loss ratio)", _copy_args, _run_copy),
 }
 """Subcommand name -> (help, add_arguments, run)."""
 
