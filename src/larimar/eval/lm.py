@@ -19,54 +19,13 @@ from typing import Any
 
 import torch
 
+# Tokenisation conventions are shared with the memory-conditioned decoder's scoring.
+from ..model.text import _common_prefix, _ids, encode_pairs, join_continuation, pad_id
+
 logger = logging.getLogger(__name__)
 
-
-def join_continuation(prompt: str, continuation: str) -> str:
-    """``prompt + " " + continuation`` unless either side already supplies the whitespace."""
-    if not prompt or not continuation or prompt[-1].isspace() or continuation[0].isspace():
-        return prompt + continuation
-    return f"{prompt} {continuation}"
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text)["input_ids"])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for pid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if pid is not None:
-            return int(pid)
-    return 0
-
-
-def encode_pairs(
-    tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str]
-) -> list[tuple[list[int], int]]:
-    """Token ids of each ``prompt + continuation`` and the index of the first scored token.
-
-    Raises:
-        ValueError: lengths differ, or a continuation adds no token to its prompt.
-    """
-    if len(prompts) != len(continuations):
-        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    pairs = []
-    for prompt, cont in zip(prompts, continuations):
-        full = _ids(tokenizer, join_continuation(prompt, cont))
-        start = max(1, _common_prefix(_ids(tokenizer, prompt), full))
-        if start >= len(full):
-            raise ValueError(f"continuation {cont!r} adds no scorable token to prompt {prompt!r}")
-        pairs.append((full, start))
-    return pairs
+_pad_id = pad_id
+__all__ = ["_common_prefix", "_ids", "_pad_id", "continuation_nll", "encode_pairs", "generate_greedy", "join_continuation"]
 
 
 @torch.no_grad()
@@ -115,15 +74,30 @@ def continuation_nll(
 
 @torch.no_grad()
 def generate_greedy(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    temperature: float = 0.0,
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), special tokens dropped.
+
+    With ``temperature > 0`` tokens are sampled instead (softmax of logits / temperature, no
+    top-k / top-p), from torch's global generator: seed it (``torch.manual_seed``) first.
 
     Returns:
         (N,) generated texts, without the prompt; generation stops at EOS.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
     texts: list[str] = []
@@ -141,9 +115,9 @@ def generate_greedy(
             input_ids=input_ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
+            **sampling,
         )  # (B, width + new)
         texts.extend(tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True))
     return texts
