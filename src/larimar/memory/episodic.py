@@ -256,6 +256,10 @@ class EpisodicMemory(nn.Module):
 
 def _weights(alpha: float | Tensor, z: Tensor) -> Tensor:
     """alpha broadcast to (B, E), with a clear error for zero or non-finite weights."""
+    if isinstance(alpha, (int, float)):
+        if alpha == 0 or not math.isfinite(alpha):
+            raise MemoryInputError("alpha must be finite and non-zero (+1 writes, -1 forgets)")
+        return z.new_full(z.shape[:2], float(alpha))
     a = torch.as_tensor(alpha, device=z.device, dtype=z.dtype)
     try:
         a = a.expand(z.shape[:2])

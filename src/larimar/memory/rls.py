@@ -24,6 +24,8 @@ Sherman-Morrison form cannot compute in floating point: it would need 1/lambda. 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,34 +64,51 @@ def rank_one_update(
     """
     u = _matvec(free, key)  # (B, K)
     v = _matvec(gram_pinv, key)  # (B, K)
-    kk = key.square().sum(-1)  # (B,)
-    uu = u.square().sum(-1)
-    beta = (key * v).sum(-1)
-    inv_alpha = alpha.reciprocal()
-    d = inv_alpha + beta
-    residual = value - torch.einsum("bk,bkc->bc", key, memory)  # (B, C)
-    if not bool(torch.isfinite(uu.sum() + beta.sum() + residual.sum())):
+    residual = value - (key.unsqueeze(1) @ memory).squeeze(1)  # (B, C)
+    stats = torch.stack([key.square().sum(-1), u.square().sum(-1), (key * v).sum(-1), residual.sum(-1)])  # (4, B)
+    cases = [_case(*col, a, tol) for col, a in zip(stats.T.tolist(), alpha.tolist())]  # one host sync
+    kinds = set(cases)
+    uu, beta = stats[1], stats[2]
+    d = alpha.reciprocal() + beta  # (B,)
+
+    new: tuple[Tensor, Tensor, Tensor] | None = None
+    for kind in ("grow", "keep", "drop"):
+        if kind not in kinds:
+            continue
+        if kind == "grow":
+            result = _grow(memory, gram_pinv, free, u, v, uu, d, residual)
+        elif kind == "keep":
+            safe_d = d if len(kinds) == 1 else torch.where(d == 0, torch.ones_like(d), d)
+            result = _keep(memory, gram_pinv, free, v, safe_d, residual)
+        else:
+            result = _drop(memory, gram_pinv, free, v, residual)
+        if len(kinds) == 1:
+            return result
+        mask = torch.tensor([c == kind for c in cases], device=key.device)
+        new = result if new is None else _select(mask, result, new)
+    assert new is not None
+    return new
+
+
+def _case(kk: float, uu: float, beta: float, residual_sum: float, alpha: float, tol: float) -> str:
+    """Which of the three exact cases an item is, decided on the host from its scalars."""
+    if not all(math.isfinite(x) for x in (kk, uu, beta, residual_sum)):
         raise MemoryInputError("the memory statistics are not finite; the memory was not changed")
+    if uu > tol * kk:
+        if alpha < 0:
+            raise MemoryInputError("cannot forget an item whose key was never written; the memory was not changed")
+        return "grow"
+    inv_alpha = 1.0 / alpha
+    return "drop" if abs(inv_alpha + beta) <= tol * (abs(inv_alpha) + abs(beta)) else "keep"
 
-    grows = uu > tol * kk  # case 1
-    drops = ~grows & (d.abs() <= tol * (inv_alpha.abs() + beta.abs()))  # case 3
-    if (grows & (alpha < 0)).any():
-        raise MemoryInputError("cannot forget an item whose key was never written; the memory was not changed")
 
-    new_m, new_r, new_f = memory, gram_pinv, free
-    if grows.any():
-        m1, r1, f1 = _grow(memory, gram_pinv, free, u, v, uu, inv_alpha + beta, residual)
-        new_m, new_r, new_f = _select(grows, (m1, r1, f1), (new_m, new_r, new_f))
-    keeps = ~grows & ~drops  # case 2
-    if keeps.any():
-        safe_d = torch.where(keeps, d, torch.ones_like(d))
-        m2 = memory + (v / safe_d[:, None]).unsqueeze(-1) * residual.unsqueeze(1)
-        r2 = _outer_sum(gram_pinv, v.unsqueeze(-1), (-1 / safe_d)[:, None, None])
-        new_m, new_r, new_f = _select(keeps, (m2, r2, free), (new_m, new_r, new_f))
-    if drops.any():
-        m3, r3, f3 = _drop(memory, gram_pinv, free, v, residual)
-        new_m, new_r, new_f = _select(drops, (m3, r3, f3), (new_m, new_r, new_f))
-    return new_m, new_r, new_f
+def _keep(
+    memory: Tensor, gram_pinv: Tensor, free: Tensor, v: Tensor, d: Tensor, residual: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Case 2: Sherman-Morrison inside the written directions."""
+    m = torch.baddbmm(memory, (v / d[:, None]).unsqueeze(-1), residual.unsqueeze(1))
+    r = _outer_sum(gram_pinv, v.unsqueeze(-1), (-1 / d)[:, None, None])
+    return m, r, free
 
 
 def _grow(
@@ -97,7 +116,7 @@ def _grow(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Case 1: the key opens a new direction u."""
     uu = uu.clamp_min(torch.finfo(uu.dtype).tiny)
-    m = memory + (u / uu[:, None]).unsqueeze(-1) * residual.unsqueeze(1)  # (B, K, C)
+    m = torch.baddbmm(memory, (u / uu[:, None]).unsqueeze(-1), residual.unsqueeze(1))  # (B, K, C)
     vecs = torch.stack([u, v], dim=-1)  # (B, K, 2)
     coef = torch.stack(
         [torch.stack([c / uu.square(), -1 / uu], -1), torch.stack([-1 / uu, torch.zeros_like(uu)], -1)], -2
@@ -115,7 +134,7 @@ def _drop(
     n = v / vv.sqrt()[:, None]  # (B, K) unit vector
     rv = _matvec(gram_pinv, n)  # (B, K)
     q_rv = rv - n * (n * rv).sum(-1, keepdim=True)  # Q R n
-    q_m = memory - n.unsqueeze(-1) * torch.einsum("bk,bkc->bc", n, memory).unsqueeze(1)
+    q_m = torch.baddbmm(memory, n.unsqueeze(-1), n.unsqueeze(1) @ memory, alpha=-1)  # Q M
     m = q_m + (q_rv / vv.sqrt()[:, None]).unsqueeze(-1) * residual.unsqueeze(1)
     nrn = (n * rv).sum(-1)
     vecs = torch.stack([n, rv], dim=-1)  # (B, K, 2)
