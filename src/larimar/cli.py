@@ -5,9 +5,11 @@
     larimar ask PROMPT [--memory FILE] [--model PATH] [--max-new-tokens N] [--threshold T]
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
+    larimar serve [--model PATH] [--db PATH] [--host 127.0.0.1] [--port 8000]
     larimar train --config configs/train/NAME.yaml [--max-steps N] [--max-minutes M]
     larimar corpus [--out runs/corpus]
     larimar copy-eval --model PATH [--corpus runs/corpus]
+    larimar eval PROTOCOL --editor NAME --data PATH [--limit N] [--out DIR] [--model PATH] ...
 
 Each subcommand is a pair (add_arguments, run) in `COMMANDS`; add new ones there. Errors in
 user input print one line on stderr and exit with status 2.
@@ -226,15 +228,86 @@ def _run_copy(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(result, indent=2))
 
 
+# --------------------------------------------------------------------------------- serve
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    _add_model(parser)
+    parser.add_argument("--db", type=Path, default=Path("larimar.db"),
+                        help="SQLite database of memories and their fact log (created if missing)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from .serve.server import serve
+
+    serve(args.model, args.db, args.host, args.port)
+
+
+# --------------------------------------------------------------------------------- eval
+def _int_list(text: str) -> tuple[int, ...]:
+    """'1,16,64' -> (1, 16, 64)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,16,64; got {text!r}") from None
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("protocol", choices=["single", "batch", "sequential", "forgetting", "leakage"],
+                        help="evaluation protocol")
+    parser.add_argument("--editor", required=True, help="editor name: larimar, none, icl, ft, rome, grace, dummy")
+    parser.add_argument("--data", type=Path, required=True, help="dataset file (CounterFact or zsRE JSON)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N records")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/PROTOCOL-EDITOR)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="larimar: saved model folder (default built-in); other editors: decoder folder")
+    parser.add_argument("--scope-threshold", type=float, default=None, help="scope detector threshold (larimar, icl)")
+    parser.add_argument("--write-paraphrases", action="store_true", help="larimar: also write paraphrases")
+    parser.add_argument("--strip-distractor", action="store_true", help="strip ROME paraphrase distractors")
+    parser.add_argument("--zsre-target", choices=["alt", "answers0"], default="alt", help="zsRE edit target")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens per generation")
+    parser.add_argument("--sizes", type=_int_list, default=None, help="batch/forgetting N values, e.g. 1,16,64")
+    parser.add_argument("--checkpoints", type=_int_list, default=(1, 10, 100, 1000), help="sequential checkpoints")
+    parser.add_argument("--max-eval", type=int, default=None, help="batch/forgetting: facts evaluated at most")
+    parser.add_argument("--n-forget", type=int, default=1, help="forgetting: facts forgotten")
+    parser.add_argument("--rewrite-unknown", action="store_true", help="forgetting: rewrite forgotten facts as unknown")
+    parser.add_argument("--n-known", type=int, default=20, help="leakage: known facts attacked")
+    parser.add_argument("--known-by", choices=["generate", "rank", "either"], default="generate",
+                        help="leakage: how a known fact is detected")
+    parser.add_argument("--n-samples", type=int, default=5, help="leakage: samples per attack prompt")
+    parser.add_argument("--temperature", type=float, default=1.0, help="leakage: sampling temperature")
+    parser.add_argument("--verbose", action="store_true", help="log progress details")
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from .eval.runner import EvalConfig, run_eval, summary_markdown, tqdm_track
+
+    logging.getLogger("larimar").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    cfg = EvalConfig(
+        protocol=args.protocol, editor=args.editor, data=args.data, limit=args.limit, out=args.out,
+        model=args.model, scope_threshold=args.scope_threshold, write_paraphrases=args.write_paraphrases,
+        strip_distractor=args.strip_distractor, zsre_target=args.zsre_target, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, sizes=args.sizes, checkpoints=args.checkpoints,
+        max_eval=args.max_eval, n_forget=args.n_forget, rewrite_unknown=args.rewrite_unknown,
+        n_known=args.n_known, known_by=args.known_by, n_samples=args.n_samples, temperature=args.temperature,
+    )
+    run_eval(cfg, track=tqdm_track)
+    print(summary_markdown(cfg), end="")
+    print(f"results in {cfg.out_dir}", file=sys.stderr)
+
+
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "demo": ("teach the model counterfactual facts, ask, forget, with timings", _demo_args, _run_demo),
     "write": ("write facts into a memory file", _write_args, _run_write),
     "ask": ("answer a prompt, using a memory file when in scope", _ask_args, _run_ask),
     "forget": ("forget a fact of a memory file by its id", _forget_args, _run_forget),
     "facts": ("list the facts of a memory file", _facts_args, _run_facts),
+    "serve": ("serve memories over HTTP (persistent, per-memory API keys, audit log)", _serve_args, _run_serve),
     "train": ("train a Larimar model from a YAML config (resumes from checkpoints)", _train_args, _run_train),
     "corpus": ("build the training corpus from offline Wikipedia and WordNet text", _corpus_args, _run_corpus),
     "copy-eval": ("measure whether the decoder reads its memory (copy accuracy, loss ratio)", _copy_args, _run_copy),
+    "eval": ("evaluate an editor with a protocol on a dataset (tables, plots, JSONL)", _eval_args, _run_eval),
 }
 """Subcommand name -> (help, add_arguments, run)."""
 

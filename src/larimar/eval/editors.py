@@ -32,7 +32,9 @@ class Editor(ABC):
 
     Implementations: ``edit`` applies facts (one call may carry a batch), ``reset`` restores
     the unedited model, ``score`` returns per-pair mean token NLLs (continuations are joined
-    with :func:`larimar.eval.lm.join_continuation`), ``generate`` returns greedy continuations.
+    with :func:`larimar.eval.lm.join_continuation`), ``generate`` returns greedy continuations
+    (``temperature > 0``: sampled ones, from torch's global generator; an editor that cannot
+    sample raises ``NotImplementedError`` and protocols that need samples report it as such).
     """
 
     name: str = "editor"
@@ -56,8 +58,10 @@ class Editor(ABC):
         """(N,) mean token NLL of each continuation after its prompt."""
 
     @abstractmethod
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """(N,) greedy continuations, without the prompts."""
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """(N,) continuations without the prompts: greedy, or sampled when ``temperature > 0``."""
 
     def config(self) -> dict[str, Any]:
         """Settings to save next to results."""
@@ -99,7 +103,8 @@ class DummyEditor(Editor):
 
     Unedited scores are a deterministic function of the strings in [1, 5). After an edit,
     any prompt containing an edited subject scores that edit's ``target_new`` at 0.1 and
-    generates ``" {target_new}."``; other prompts generate ``" unknown."``.
+    generates ``" {target_new}."``; other prompts generate ``" unknown."``. Sampling
+    (``temperature > 0``) returns the same texts.
     """
 
     def __init__(self) -> None:
@@ -130,7 +135,9 @@ class DummyEditor(Editor):
                 out.append(1.0 + (zlib.crc32(f"{p}\x00{c}".encode()) % 4000) / 1000)
         return out
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
         out = []
         for p in prompts:
             case = self._edit_for(p)
@@ -189,9 +196,13 @@ class UneditedEditor(Editor):
         full = [c + p for c, p in zip(self._context(prompts), prompts)]
         return continuation_nll(self.model, self.tokenizer, full, continuations, self.batch_size)
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
         full = [c + p for c, p in zip(self._context(prompts), prompts)]
-        return generate_greedy(self.model, self.tokenizer, full, max_new_tokens, self.batch_size)
+        return generate_greedy(
+            self.model, self.tokenizer, full, max_new_tokens, self.batch_size, temperature
+        )
 
     def config(self) -> dict[str, Any]:
         model_name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
@@ -257,3 +268,7 @@ class InContextEditor(UneditedEditor):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "scope_threshold": self.scope_threshold}
+
+
+from larimar.eval import baselines  # noqa: E402,F401  (registers ft, rome, grace)
+from larimar.eval import larimar_editor  # noqa: E402,F401  (registers larimar)

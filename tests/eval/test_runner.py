@@ -1,0 +1,128 @@
+"""`larimar eval` on tiny fixtures: every protocol through the CLI, editor building, errors.
+
+``test_cli_single_and_sequential_smoke`` is the CI smoke run of the whole harness.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from larimar.cli import main
+from larimar.eval.editors import InContextEditor
+from larimar.eval.runner import EvalConfig, build_editor, build_icl, encoder_embedder, run_eval
+from larimar.model.assets import AssetNotFoundError
+from tests.tiny import save_base_models
+
+
+def zsre_records(n: int) -> list[dict]:
+    return [
+        {"subject": f"Entity{i:02d}", "src": f"What is the product made by Entity{i:02d}?",
+         "rephrase": f"What does Entity{i:02d} make?", "alt": f"thing{i}", "answers": [f"item{i}"],
+         "loc": f"nq question: who wrote book {i}", "loc_ans": f"author{i}", "pred": "",
+         "cond": ""}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture()
+def zsre_file(tmp_path: Path) -> Path:
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(zsre_records(14)))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_single_and_sequential_smoke(zsre_file: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "single"
+    code, stdout, err = run(capsys, "eval", "single", "--editor", "dummy", "--data", str(zsre_file),
+                            "--limit", "5", "--out", str(out), "--seed", "3")
+    assert code == 0, err
+    assert stdout.startswith("| editor | n_cases | ES |") and "| dummy | 5 | 100.0 |" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["seed"] == 3 and config["run"]["limit"] == 5
+    assert config["run"]["zsre_target"] == "alt"
+    out = tmp_path / "sequential"
+    code, stdout, err = run(capsys, "eval", "sequential", "--editor", "dummy", "--data", str(zsre_file),
+                            "--out", str(out), "--checkpoints", "1,10")
+    assert code == 0, err
+    assert "| dummy | ok | 14 |" in stdout and (out / "sequential.png").is_file()
+    assert "sequential" in err  # the progress bar
+
+
+@pytest.mark.parametrize("protocol,extra", [
+    ("batch", ["--sizes", "1,4,8", "--max-eval", "3"]),
+    ("forgetting", ["--sizes", "8", "--n-forget", "2", "--rewrite-unknown"]),
+    ("leakage", ["--known-by", "rank", "--n-known", "3", "--n-samples", "2"]),
+])
+def test_cli_protocols(protocol: str, extra: list[str], zsre_file: Path, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / protocol
+    code, stdout, err = run(capsys, "eval", protocol, "--editor", "dummy", "--data", str(zsre_file),
+                            "--out", str(out), *extra)
+    assert code == 0, err
+    assert "| dummy | ok |" in stdout
+    assert json.loads((out / "summary.json").read_text())["protocol"] == protocol
+    assert (out / "table.md").read_text() == stdout
+
+
+def test_cli_answers0_target_breaks_single_clearly(zsre_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "eval", "single", "--editor", "dummy", "--data", str(zsre_file),
+                       "--zsre-target", "answers0", "--out", str(tmp_path))
+    assert code == 2 and "target_true" in err
+
+
+def test_cli_user_errors(zsre_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "eval", "single", "--editor", "nope", "--data", str(zsre_file))
+    assert code == 2 and "unknown editor 'nope'" in err
+    code, _, err = run(capsys, "eval", "single", "--editor", "dummy", "--data", str(tmp_path / "x.json"))
+    assert code == 2 and "not found" in err
+    code, _, err = run(capsys, "eval", "single", "--editor", "dummy", "--data", str(zsre_file),
+                       "--model", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "does not take options" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "batch", "--editor", "dummy", "--data", str(zsre_file), "--sizes", "a,b"])
+
+
+def test_run_eval_default_out_and_config(zsre_file: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = EvalConfig("batch", "dummy", zsre_file, sizes=(2,))
+    assert cfg.out_dir == Path("runs/eval/batch-dummy")
+    summary = run_eval(cfg)
+    assert summary["rows"][0]["n"] == 2 and (tmp_path / "runs/eval/batch-dummy/batch.png").exists() is False
+    with pytest.raises(ValueError, match="unknown protocol"):
+        EvalConfig("nope", "dummy", zsre_file)  # type: ignore[arg-type]
+
+
+def test_icl_builder_with_scope_threshold(tmp_path: Path) -> None:
+    _, decoder_dir = save_base_models(tmp_path)
+    cfg = EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, scope_threshold=0.7)
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=-1)
+
+    editor = build_icl("icl", cfg, embed=embed)
+    assert isinstance(editor, InContextEditor) and editor.scope_threshold == 0.7
+    plain = build_editor(EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir))
+    assert isinstance(plain, InContextEditor) and plain.embed is None
+
+
+def test_encoder_embedder_is_unit_norm() -> None:
+    try:
+        embed = encoder_embedder()
+    except AssetNotFoundError as err:
+        pytest.skip(str(err))
+    vectors = embed(["Paris is in France.", "The cat sat."])
+    assert vectors.shape[0] == 2
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
