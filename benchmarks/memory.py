@@ -1,6 +1,6 @@
 """Latency and throughput of the episodic memory's write, read and sequential update.
 
-    python benchmarks/memory.py [--quick] [--out benchmarks/results/memory.json]
+    python benchmarks/memory.py [--quick] [--threads N] [--out benchmarks/results/memory.json]
 
 Prints a markdown table and writes JSON. Times are medians over repeats; GFLOP/s use the
 operation counts below and stand next to the machine's measured float32 matmul rate.
@@ -140,7 +140,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small subset of the grid")
     parser.add_argument("--out", default="benchmarks/results/memory.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     grid = itertools.product(
         BATCHES, ITEMS[:2] if args.quick else ITEMS, SLOTS[:2] if args.quick else SLOTS, CODES[:1] if args.quick else CODES, METHODS
     )
