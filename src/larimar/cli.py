@@ -3,6 +3,7 @@
     larimar demo [--model PATH]
     larimar write FACT... --memory FILE [--model PATH]
     larimar ask PROMPT [--memory FILE] [--model PATH] [--max-new-tokens N] [--threshold T]
+    larimar ask QUESTION --context FILE [--fan-out F] [--keep K] [--model PATH]
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
     larimar serve [--model PATH] [--db PATH] [--host 127.0.0.1] [--port 8000]
@@ -29,6 +30,7 @@ from .memory import MemoryInputError
 
 if TYPE_CHECKING:
     from .editing import Answer, Larimar
+    from .editing.longcontext import LongAnswer
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], None]
@@ -97,9 +99,32 @@ def _ask_args(parser: argparse.ArgumentParser) -> None:
     _add_model(parser)
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate at most")
     parser.add_argument("--threshold", type=float, default=None, help="scope threshold (cosine similarity)")
+    parser.add_argument("--context", type=Path, default=None,
+                        help="answer from this text file by recursive memory search (instead of --memory)")
+    parser.add_argument("--fan-out", type=int, default=None, help="--context: sentences per memory (default 16)")
+    parser.add_argument("--keep", type=int, default=None, help="--context: readouts kept per memory (default 1)")
+
+
+def ask_context(model: Path | None, context_file: Path, question: str, max_new_tokens: int,
+                fan_out: int | None, keep: int | None) -> LongAnswer:
+    """The model's answer to `question` from the text in `context_file` (recursive memory search)."""
+    from .editing.longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, SearchConfig
+
+    config = SearchConfig(fan_out=DEFAULT_FAN_OUT if fan_out is None else fan_out,
+                          keep=DEFAULT_KEEP if keep is None else keep)  # validate before loading the model
+    context = context_file.read_text(encoding="utf-8")
+    return _load(model).answer(question, context, config.fan_out, config.keep, max_new_tokens)
 
 
 def _run_ask(args: argparse.Namespace) -> None:
+    if args.context is not None:
+        if args.memory is not None:
+            raise ValueError("--context and --memory cannot be combined; pass one of them")
+        long = ask_context(args.model, args.context, args.prompt, args.max_new_tokens, args.fan_out, args.keep)
+        print(long.text.strip())
+        print(f"[{len(long.chunks)} chunks; {len(long.levels)} levels; best chunk: {long.best_chunk!r}; "
+              f"{long.seconds:.2f} s]", file=sys.stderr)
+        return
     answer = ask(args.model, args.memory, args.prompt, args.max_new_tokens, args.threshold)
     print(answer.text.strip())
     similarity = "-" if answer.similarity is None else f"{answer.similarity:.3f}"
@@ -240,6 +265,8 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 def _run_serve(args: argparse.Namespace) -> None:
     from .serve.server import serve
 
+    print(f"larimar serve: loading the model, then serving http://{args.host}:{args.port} "
+          f"(API docs at /docs, web page at /; database {args.db})", file=sys.stderr)
     serve(args.model, args.db, args.host, args.port)
 
 

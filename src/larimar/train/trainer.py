@@ -185,7 +185,7 @@ class Trainer:
         return {**losses, "copy_acc": single.with_memory, "copy_acc_plain": single.without_memory, "copy_n": single.n}
 
     # ------------------------------------------------------------------------- the loop
-    def _micro_step(self, batch: EpisodeBatch, weights: LossWeights) -> tuple[float, int]:
+    def _micro_step(self, batch: EpisodeBatch, weights: LossWeights) -> tuple[float, float, int]:
         with self.accelerator.accumulate(self.model):
             with self.accelerator.autocast():
                 out = self.model(batch.to(self.accelerator.device), weights)
@@ -195,7 +195,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
-        return float(out.loss.detach()), out.tokens
+        return float(out.loss.detach()), float(out.reconstruction.detach()), out.tokens
 
     def train(self, resume: bool = True) -> TrainResult:
         """Run until max_steps (or max_minutes), checkpointing and validating on the way."""
@@ -206,7 +206,7 @@ class Trainer:
         latest = self.latest_checkpoint() if resume else None
         if latest is not None:
             self.resume(latest)
-        start, tokens, losses = time.perf_counter(), 0, []
+        start, tokens, losses, recons = time.perf_counter(), 0, [], []
         validation = None
         stream = self.stream.iterate_from(self.epoch, self.index)
         bar = tqdm(total=cfg.loop.max_steps, initial=self.step, disable=not self.accelerator.is_main_process,
@@ -217,15 +217,18 @@ class Trainer:
             for _ in range(cfg.optim.grad_accum):
                 self.epoch, index, examples = next(stream)
                 self.index = index + 1
-                loss, n = self._micro_step(self.collate(examples), weights)
+                loss, recon, n = self._micro_step(self.collate(examples), weights)
                 losses.append(loss)
+                recons.append(recon)
                 tokens += n
             self.step += 1
             elapsed = time.perf_counter() - start
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", recon=f"{np.mean(recons[-20:]):.3f}", tok_s=f"{tokens / elapsed:.0f}")
             if self.step % cfg.loop.log_every == 0:
-                self._log({"step": self.step, "loss": float(np.mean(losses[-cfg.loop.log_every * cfg.optim.grad_accum:])),
+                window = cfg.loop.log_every * cfg.optim.grad_accum
+                self._log({"step": self.step, "loss": float(np.mean(losses[-window:])),
+                           "reconstruction": float(np.mean(recons[-window:])),
                            "lr": self.scheduler.get_last_lr()[0], "kl_weight": weights.kl,
                            "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed, "epoch": self.epoch})
             if self.step % cfg.loop.eval_every == 0 or self.step == cfg.loop.max_steps:

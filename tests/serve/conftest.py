@@ -1,0 +1,66 @@
+"""Fixtures: a tiny saved Larimar model (once per session), apps over fresh databases, clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import larimar
+from larimar.serve import Limits, ServeConfig, create_app
+from tests.editing.tiny_larimar import save_tiny_larimar
+
+AppFactory = Callable[..., FastAPI]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_larimar(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="session")
+def lm(model_dir: Path) -> larimar.Larimar:
+    return larimar.load(model_dir)
+
+
+@pytest.fixture
+def make_app(lm: larimar.Larimar, tmp_path: Path) -> AppFactory:
+    """make_app(db=..., admin_key=..., limits=...) -> an app sharing the session's model."""
+
+    def make(db: Path | None = None, admin_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+        config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits())
+        return create_app(config, lm)
+
+    return make
+
+
+@pytest.fixture
+def client(make_app: AppFactory) -> TestClient:
+    return TestClient(make_app())
+
+
+class MemoryHandle:
+    """A memory created through the API, with its key in the headers."""
+
+    def __init__(self, client: TestClient, name: str = "test") -> None:
+        response = client.post("/memories", json={"name": name})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        self.client, self.id, self.key = client, body["id"], body["api_key"]
+        self.headers = {"Authorization": f"Bearer {self.key}"}
+
+    def url(self, suffix: str = "") -> str:
+        return f"/memories/{self.id}{suffix}"
+
+    def write(self, *facts: str) -> list[str]:
+        response = self.client.post(self.url("/facts"), json={"facts": list(facts)}, headers=self.headers)
+        assert response.status_code == 201, response.text
+        return response.json()["ids"]
+
+
+@pytest.fixture
+def memory(client: TestClient) -> MemoryHandle:
+    return MemoryHandle(client)
