@@ -304,6 +304,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
                         help="leakage: how a known fact is detected")
     parser.add_argument("--n-samples", type=int, default=5, help="leakage: samples per attack prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="leakage: sampling temperature")
+    parser.add_argument("--stats-corpus", type=Path, default=Path("runs/corpus/train.jsonl"),
+                        help="rome: sentences (JSONL) for its second-moment statistics, computed once and cached")
     parser.add_argument("--verbose", action="store_true", help="log progress details")
 
 
@@ -318,6 +320,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens, sizes=args.sizes, checkpoints=args.checkpoints,
         max_eval=args.max_eval, n_forget=args.n_forget, rewrite_unknown=args.rewrite_unknown,
         n_known=args.n_known, known_by=args.known_by, n_samples=args.n_samples, temperature=args.temperature,
+        stats_corpus=args.stats_corpus,
     )
     run_eval(cfg, track=tqdm_track)
     print(summary_markdown(cfg), end="")

@@ -78,6 +78,8 @@ class EvalConfig:
     """Leakage: sampled generations per attack prompt."""
     temperature: float = 1.0
     """Leakage: sampling temperature."""
+    stats_corpus: Path | None = None
+    """ROME: sentences (corpus JSONL) for the second-moment statistics of its edited layer."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -169,6 +171,15 @@ def build_larimar(name: str, cfg: EvalConfig) -> Editor:
     """Larimar from --model (default built-in), --scope-threshold, --write-paraphrases."""
     return get_editor(name, model_path=cfg.model, scope_threshold=cfg.scope_threshold,
                       write_paraphrases=cfg.write_paraphrases)
+
+
+@register_builder("rome")
+def build_rome(name: str, cfg: EvalConfig) -> Editor:
+    """ROME with its key statistics from --stats-corpus (computed once, then cached)."""
+    if cfg.stats_corpus is None or not Path(cfg.stats_corpus).is_file():
+        raise ValueError(f"rome needs a sentence corpus for its statistics; no file at {cfg.stats_corpus} "
+                         "(build one with `larimar corpus --out runs/corpus`)")
+    return get_editor(name, stats_corpus=Path(cfg.stats_corpus), **_decoder_kwargs(cfg))
 
 
 def build_editor(cfg: EvalConfig) -> Editor:
