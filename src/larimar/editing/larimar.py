@@ -33,6 +33,8 @@ from ..model.larimar import CONFIG_FILE, LarimarModel
 from ..model.text import continuation_nll, generate
 from .easyedit import edit as easyedit_edit
 from .encoding import encode_texts
+from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
+from .longcontext import answer as answer_from_context
 from .memory import Memory
 from .persistence import load_memory
 
@@ -137,6 +139,12 @@ class Larimar:
         decision = self.scope(prompt, memory, scope_threshold)
         z = None if decision.z is None else decision.z.expand(len(candidates), -1)  # (n, C)
         return continuation_nll(self.model.decoder, self.tokenizer, [prompt] * len(candidates), list(candidates), z=z)
+
+    def answer(self, question: str, context: str | Sequence[str], fan_out: int = DEFAULT_FAN_OUT,
+               keep: int = DEFAULT_KEEP, max_new_tokens: int = 20) -> LongAnswer:
+        """Answer from a long context by recursive memory search; see `larimar.editing.longcontext`."""
+        config = SearchConfig(fan_out=fan_out, keep=keep)
+        return answer_from_context(self.model, question, context, config, max_new_tokens)
 
     # ----------------------------------------------------------------------------- EasyEdit
     def edit(
