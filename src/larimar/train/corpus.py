@@ -14,8 +14,8 @@ shuffled with a seed and split into train / held-out JSONL files ({"text", "sour
 with a `stats.json` beside them.
 
 Example:
-    >>> stats = build_corpus(CorpusConfig(output_dir=Path("/tmp/larimar-corpus")))
-    >>> sentences = load_sentences(Path("/tmp/larimar-corpus/train.jsonl"))
+    >>> stats = build_corpus(CorpusConfig(output_dir=Path("runs/corpus")))
+    >>> sentences = load_sentences(Path("runs/corpus/train.jsonl"))
 """
 
 from __future__ import annotations

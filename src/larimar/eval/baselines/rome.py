@@ -19,7 +19,7 @@ subject; ``v*`` (H,) the value that makes the model say the new object; ``C = E[
 
 Example:
     >>> editor = get_editor("rome", model=model, tokenizer=tok,
-    ...                     stats_corpus="/tmp/larimar-corpus/train.jsonl")  # doctest: +SKIP
+    ...                     stats_corpus="runs/corpus/train.jsonl")  # doctest: +SKIP
     >>> editor.edit([case])  # doctest: +SKIP
 """
 
@@ -181,7 +181,7 @@ class ROMEEditor(WeightEditor):
             raise ValueError(
                 "rome needs text for its second-moment statistics: pass exactly one of "
                 "stats_sentences=[...] or stats_corpus=PATH (a JSONL from "
-                "larimar.train.corpus.build_corpus, e.g. /tmp/larimar-corpus/train.jsonl)"
+                "larimar.train.corpus.build_corpus, e.g. runs/corpus/train.jsonl)"
             )
         super().__init__(
             model=model, tokenizer=tokenizer, load_decoder=load_decoder, batch_size=batch_size
