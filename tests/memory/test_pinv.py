@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from larimar.memory import exact_pinv, iterative_pinv, pinv
+from larimar.memory.pinv import gram_pinv
 
 
 def _random(shape, scale=1.0, seed=0, dtype=torch.float64):
@@ -58,3 +59,25 @@ def test_exact_pinv_cuts_tiny_singular_values(dtype):
 def test_dispatch_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown pinv method"):
         pinv(torch.eye(2), method="svd-ish")
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (20, 6), (2, 64, 16)])
+def test_gram_pinv_matches_svd_pinv_on_low_rank_input(shape):
+    a = _random(shape)
+    low = a[..., :1, :].expand_as(a).clone()  # every row the same: rank one
+    for m in (a, low):
+        assert torch.allclose(gram_pinv(m, 1e-6), torch.linalg.pinv(m, rtol=1e-6), atol=1e-8)
+
+
+def test_exact_pinv_falls_back_when_svd_fails(monkeypatch):
+    a = _random((3, 64, 16), dtype=torch.float32)
+    rtol = 3.5e-4
+    expected = torch.linalg.pinv(a.double(), rtol=rtol).float()
+
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "pinv", failing)
+    got = exact_pinv(a, rtol=rtol)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -23,8 +23,32 @@ def exact_pinv(a: Tensor, rtol: float | None = None) -> Tensor:
 
     Returns:
         (..., n, m) pseudo-inverses.
+
+    LAPACK's divide-and-conquer SVD occasionally fails to converge on low-rank float32 input
+    (a memory holding one fact is rank one); then the pseudo-inverse is computed in float64 from
+    the eigendecomposition of the smaller Gram matrix instead.
     """
-    return torch.linalg.pinv(a, rtol=default_rtol(a.dtype) if rtol is None else rtol)
+    rtol = default_rtol(a.dtype) if rtol is None else rtol
+    try:
+        return torch.linalg.pinv(a, rtol=rtol)
+    except torch.linalg.LinAlgError:
+        return gram_pinv(a.double(), rtol).to(a.dtype)
+
+
+def gram_pinv(a: Tensor, rtol: float) -> Tensor:
+    """Pseudo-inverse through eigh of the smaller Gram matrix G (A^+ = G^+ A^T or A^T G^+).
+
+    Eigenvalues of G are squared singular values, so the cut-off is rtol^2 * lambda_max, but
+    never below what eigh resolves (a few eps * size * lambda_max).
+    """
+    tall = a.shape[-2] >= a.shape[-1]
+    gram = a.mT @ a if tall else a @ a.mT  # (..., min(m, n), min(m, n))
+    evals, evecs = torch.linalg.eigh(gram)
+    floor = 10 * gram.shape[-1] * torch.finfo(a.dtype).eps
+    keep = evals > max(rtol**2, floor) * evals.amax(dim=-1, keepdim=True).clamp_min(0)
+    inv = torch.where(keep, evals.reciprocal(), torch.zeros_like(evals))
+    gram_inv = (evecs * inv.unsqueeze(-2)) @ evecs.mT
+    return gram_inv @ a.mT if tall else a.mT @ gram_inv
 
 
 def iterative_pinv(a: Tensor, steps: int = 15) -> Tensor:
