@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from larimar.cli import COMMANDS, build_parser, main
-from larimar.editing.larimar import BUILTIN_DIR
 from tests.editing.tiny_larimar import save_tiny_larimar
 
 
@@ -73,8 +72,8 @@ def test_bad_model_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "no Larimar model" in err
 
 
-@pytest.mark.skipif((BUILTIN_DIR / "larimar_config.json").exists(), reason="the built-in model is installed")
-def test_missing_builtin_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_builtin_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("larimar.editing.larimar.BUILTIN_DIR", tmp_path)  # an install without the weights
     code, _, err = run(capsys, "ask", "Paris")
     assert code == 2 and "built-in Larimar model is not available yet" in err
 

@@ -10,7 +10,6 @@ import torch
 import larimar
 from larimar.editing import Larimar
 from larimar.editing.encoding import encode_texts
-from larimar.editing.larimar import BUILTIN_DIR
 from larimar.eval.lm import continuation_nll as hf_continuation_nll
 from larimar.eval.lm import generate_greedy as hf_generate_greedy
 from larimar.model.text import continuation_nll
@@ -45,8 +44,8 @@ def test_exports() -> None:
     assert larimar.__version__
 
 
-@pytest.mark.skipif((BUILTIN_DIR / "larimar_config.json").exists(), reason="the built-in model is installed")
-def test_missing_builtin_model_is_explained() -> None:
+def test_missing_builtin_model_is_explained(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("larimar.editing.larimar.BUILTIN_DIR", tmp_path)  # an install without the weights
     with pytest.raises(FileNotFoundError, match="built-in Larimar model is not available yet"):
         larimar.load()
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import larimar
-from larimar.editing.larimar import BUILTIN_DIR
 from larimar.eval.datasets import EditCase, LocalityPrompt
 from larimar.eval.editors import get_editor
 from larimar.eval.larimar_editor import LarimarEditor
@@ -51,8 +50,8 @@ def test_registered_and_loads_from_path(model_dir: Path) -> None:
                            "write_paraphrases": True, "readout_scale": 3.0}
 
 
-@pytest.mark.skipif((BUILTIN_DIR / "config.json").is_file(), reason="the built-in model is installed")
-def test_builtin_missing_asks_for_a_path() -> None:
+def test_builtin_missing_asks_for_a_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("larimar.editing.larimar.BUILTIN_DIR", tmp_path)  # an install without the weights
     with pytest.raises(FileNotFoundError, match="pass the folder of a saved model"):
         get_editor("larimar")
 
