@@ -63,3 +63,27 @@ def test_config_validation():
         DataConfig(swap_last_word=2.0)
     with pytest.raises(ValueError, match="need at least"):
         EpisodeStream(tiny.SENTENCES[:3], DataConfig(episode_size=4), seed=0, length=len)
+
+
+def test_pooled_cache_computes_each_text_once_and_matches_the_encoder():
+    import torch
+
+    from larimar.model.encoder import SentenceEncoder
+    from larimar.train.data import PooledCache
+
+    tok = tiny.bert_tokenizer()
+    encoder = SentenceEncoder(tiny.bert(tok), tok, trainable=False)
+    calls = []
+    original = encoder.pool
+    encoder.pool = lambda ids, mask: calls.append(ids.shape[0]) or original(ids, mask)
+    cache = PooledCache(encoder, batch_size=2, max_items=3)
+    texts = tiny.SENTENCES[:3]
+    first = cache(texts + texts[:1])
+    assert sum(calls) == 3 and len(cache.store) == 3
+    again = cache(texts[::-1])
+    assert sum(calls) == 3  # nothing recomputed
+    assert torch.allclose(again, first[:3].flip(0))
+    batch = encoder.tokenize(texts)
+    assert torch.allclose(first[:3], original(batch["input_ids"], batch["attention_mask"]), atol=1e-6)
+    cache(tiny.SENTENCES[3:5])  # no room left: served, not stored
+    assert len(cache.store) == 3

@@ -163,21 +163,17 @@ class PooledCache:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        """(N, H) pooled states, on the encoder's device."""
+        """(N, H) pooled states, on the encoder's device; new texts are kept while there is room."""
         missing = list(dict.fromkeys(t for t in texts if t not in self.store))
+        fresh: dict[str, torch.Tensor] = {}
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             batch = self.encoder.tokenize(chunk)
-            pooled = self.encoder.pool(batch["input_ids"], batch["attention_mask"]).cpu()
-            if len(self.store) + len(chunk) <= self.max_items:
-                self.store.update(zip(chunk, pooled))
-            else:  # full: serve this batch without keeping it
-                return self._fresh(texts)
-        return torch.stack([self.store[t] for t in texts]).to(self.encoder.head.weight.device)
-
-    def _fresh(self, texts: list[str]) -> torch.Tensor:
-        batch = self.encoder.tokenize(texts)
-        return self.encoder.pool(batch["input_ids"], batch["attention_mask"])
+            fresh.update(zip(chunk, self.encoder.pool(batch["input_ids"], batch["attention_mask"]).cpu()))
+        if len(self.store) + len(fresh) <= self.max_items:
+            self.store.update(fresh)
+        rows = [self.store[t] if t in self.store else fresh[t] for t in texts]
+        return torch.stack(rows).to(self.encoder.head.weight.device)
 
 
 class Collator:
