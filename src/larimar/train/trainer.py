@@ -246,10 +246,3 @@ class Trainer:
             self.core.save_pretrained(self.out / "final")
         return TrainResult(self.step, finished, self.out, validation)
 
-
-def train_from_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainResult:
-    """Entry point of `larimar train --config PATH`."""
-    config = TrainConfig.from_yaml(path)
-    for key, value in (overrides or {}).items():
-        setattr(config, key, value)
-    return Trainer(config).train()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.larimar import EpisodeBatch, LarimarModel, TextBatch
-from .data import Collator, split_last_word, swap_last_word
+from ..model.larimar import EpisodeBatch, LarimarModel
+from .data import Collator, Example, split_last_word, swap_last_word
 
 
 @dataclass
@@ -97,8 +97,6 @@ def copy_accuracy(model: LarimarModel, sentences: list[str], episode_size: int =
 @torch.no_grad()
 def heldout_losses(model: LarimarModel, sentences: list[str], collator: Collator, episode_size: int) -> dict[str, float]:
     """Token-mean reconstruction loss through memory (queries = the sentences) and without memory."""
-    from .data import Example
-
     model.eval()
     n = len(sentences) - len(sentences) % episode_size
     if n == 0:
@@ -117,5 +115,3 @@ def heldout_losses(model: LarimarModel, sentences: list[str], collator: Collator
     memory, plain = totals["memory"] / tokens, totals["plain"] / tokens
     return {"loss_memory": memory, "loss_plain": plain, "loss_ratio": memory / plain}
 
-
-__all__ = ["CopyResult", "TextBatch", "copy_accuracy", "copy_cases", "heldout_losses"]
