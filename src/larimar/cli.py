@@ -198,7 +198,12 @@ def _run_train(args: argparse.Namespace) -> None:
         config.loop.max_steps = args.max_steps
     if args.max_minutes is not None:
         config.loop.max_minutes = args.max_minutes
-    result = Trainer(config).train(resume=not args.no_resume)
+    if config.uses_cached_states:
+        from .train.fusion import FusionTrainer
+
+        result = FusionTrainer(config).train(resume=not args.no_resume)
+    else:
+        result = Trainer(config).train(resume=not args.no_resume)
     state = "finished" if result.finished else "stopped (run again to resume)"
     print(f"{state} at step {result.step}; outputs in {result.output_dir}")
     if result.last_validation:
@@ -244,7 +249,8 @@ def _run_copy(args: argparse.Namespace) -> None:
     model = LarimarModel.from_pretrained(args.model)
     sentences = load_sentences(args.corpus / HELDOUT_FILE)[: args.limit]
     copy = copy_accuracy(model, sentences, episode_size=args.episode_size)
-    collate = Collator(model.encoder.tokenizer, model.tokenizer, 16, 48)
+    lexical = model.encoder.lexical if model.encoder.lexical_head is not None else None
+    collate = Collator(model.encoder.tokenizer, model.tokenizer, 16, 48, lexical=lexical)
     losses = heldout_losses(model, sentences, collate, 16)
     result = {"copy_accuracy": copy.with_memory, "copy_accuracy_without_memory": copy.without_memory,
               "sentences": copy.n, "episode_size": copy.episode_size, **losses}

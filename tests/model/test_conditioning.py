@@ -73,6 +73,7 @@ MODES = {
     "kv": dict(mode="kv", slots=2),
     "kv_shared": dict(mode="kv", share_key_value=True),
     "prefix": dict(mode="prefix", prefix_length=3),
+    "output": dict(mode="output", embedding_offset=False, fusion_hidden=16),
 }
 
 
@@ -88,6 +89,9 @@ def condition(decoder: PreTrainedModel, **overrides: object) -> MemoryConditione
     model = MemoryConditionedDecoder(decoder, config)
     if model.offset_map is not None:
         nn.init.normal_(model.offset_map.weight, std=0.1)
+    if model.fusion_out is not None:  # mode "output" starts as the identity; make z matter
+        nn.init.normal_(model.memory_map.weight, std=0.5)
+        nn.init.normal_(model.fusion_out.weight, std=0.5)
     return model
 
 
@@ -127,6 +131,46 @@ def test_config_validation() -> None:
         ConditioningConfig(code_size=4, trainable="lora")
     with pytest.raises(ValueError, match="slots"):
         ConditioningConfig(code_size=4, slots=0)
+    with pytest.raises(ValueError, match="embedding_offset: false"):
+        ConditioningConfig(code_size=4, mode="output")
+    with pytest.raises(ValueError, match="fusion_hidden"):
+        ConditioningConfig(code_size=4, mode="output", embedding_offset=False, fusion_hidden=0)
+
+
+def test_output_mode_starts_as_the_base_model_and_caches_states(arch: str) -> None:
+    decoder = make_decoder(arch)
+    ids, mask = batch([7, 5], side="right")
+    base = decoder(input_ids=ids, attention_mask=mask).logits
+    model = MemoryConditionedDecoder(decoder, ConditioningConfig(code_size=CODE, **MODES["output"]))
+    z = code(2)
+    real = mask.bool()
+    torch.testing.assert_close(model(ids, mask, z=z).logits[real], base[real], rtol=1e-5, atol=1e-5)
+    # the final states are z-independent, so fusing cached states equals the full forward
+    model = condition(decoder, **MODES["output"])
+    hidden = model.final_hidden(ids, mask)  # (B, T, H)
+    torch.testing.assert_close(model.fused_logits(hidden, z), model(ids, mask, z=z).logits)
+    rows = model.fused_logits(hidden[:, 2], z)  # (B, H) rows, one z each
+    torch.testing.assert_close(rows, model(ids, mask, z=z).logits[:, 2])
+
+
+def test_copy_term_scores_tokens_by_cosine() -> None:
+    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), ConditioningConfig(code_size=CODE, **MODES["output"]))
+    weight = model.decoder.get_output_embeddings().weight  # (V, H)
+    target = 17
+    with torch.no_grad():
+        model.memory_map.weight.zero_()
+        model.memory_map.weight[:, 0] = 50 * weight[target] / weight[target].norm()  # U z = 50 * unit(w_17)
+    z = torch.zeros(1, CODE)
+    z[0, 0] = 1.0
+    hidden = torch.zeros(1, 32)
+    logits = model.fused_logits(hidden, z)[0]
+    assert int(logits.argmax()) == target and float(logits[target]) == pytest.approx(50.0, rel=1e-4)
+
+
+def test_fused_logits_need_output_mode() -> None:
+    model = condition(make_decoder("llama_gqa"))
+    with pytest.raises(ValueError, match="output"):
+        model.fused_logits(torch.zeros(1, 32), code(1))
 
 
 @pytest.mark.parametrize(
@@ -185,7 +229,10 @@ def test_gradients_reach_the_maps_and_z(arch: str, mode: dict) -> None:
     z = code(2).requires_grad_(True)
     model(ids, mask, z=z, labels=ids).loss.backward()
     assert model.memory_map.weight.grad.abs().sum() > 0
-    assert model.offset_map.weight.grad.abs().sum() > 0
+    if model.offset_map is not None:
+        assert model.offset_map.weight.grad.abs().sum() > 0
+    if model.fusion_in is not None:
+        assert model.fusion_in.weight.grad.abs().sum() > 0
     assert z.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.decoder.parameters())
 
@@ -238,11 +285,11 @@ def test_generation_stops_at_eos() -> None:
     assert stopped.shape == (1, 6)
 
 
-@pytest.mark.parametrize("mode_name", ["kv", "prefix"])
+@pytest.mark.parametrize("mode_name", ["kv", "prefix", "output"])
 def test_memory_stays_visible_beyond_the_sliding_window(mode_name: str) -> None:
     torch.manual_seed(0)
     decoder = Gemma3ForCausalLM(_gemma3_config(layer_types=["sliding_attention"] * 2)).eval()
-    model = condition(decoder, embedding_offset=False, **MODES[mode_name])
+    model = condition(decoder, **{"embedding_offset": False, **MODES[mode_name]})
     ids, mask = batch([10])
     first = model(ids, mask, z=code(1, seed=4)).logits[0, -1]
     second = model(ids, mask, z=code(1, seed=5)).logits[0, -1]

@@ -33,7 +33,8 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
         for start in range(0, len(texts), batch_size):
             batch = encoder.tokenize(list(texts[start : start + batch_size]))
             pooled = encoder.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
-            latents.append(encoder.head(pooled).to(MEMORY_DTYPE))  # (b, C)
+            latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"))
+            latents.append(latent.to(MEMORY_DTYPE))  # (b, C)
             embeddings.append(F.normalize(pooled.to(MEMORY_DTYPE), dim=-1))  # (b, H)
     finally:
         encoder.train(was_training)

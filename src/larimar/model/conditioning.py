@@ -8,6 +8,11 @@ Mode "kv" (the paper): z -> S extra key/value pairs per layer, written into the 
 before the real tokens, so they are never rotated and every token can attend to them; the
 real tokens keep positions 0..T-1. Mode "prefix": z -> P soft embeddings prepended to the
 input. Both can add a linear map of z to every token embedding ("embedding offset").
+Mode "output" (late fusion): the base decoder runs untouched and z enters only after its
+final hidden state h: a zero-initialised residual MLP on [h; z] before the output head, plus a
+gated copy term that scores tokens by the cosine between their output embeddings and U z
+(see `fused_logits`). The decoder's own states then never depend on z, so a frozen decoder's states can be
+computed once and cached for training, which is what makes training feasible on a CPU.
 Without z the module calls the untouched base decoder, so its output is bit-for-bit the
 base model's.
 """
@@ -25,7 +30,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
-ConditioningMode = Literal["kv", "prefix"]
+ConditioningMode = Literal["kv", "prefix", "output"]
 TrainablePart = Literal["adapter", "lora", "full"]
 
 _LORA_TARGET_CANDIDATES: tuple[tuple[str, ...], ...] = (
@@ -45,7 +50,8 @@ class ConditioningConfig:
     code_size: int
     """Width C of the memory readout z."""
     mode: ConditioningMode = "kv"
-    """"kv": extra key/value slots in every layer (paper); "prefix": soft prefix embeddings."""
+    """"kv": extra key/value slots in every layer (paper); "prefix": soft prefix embeddings;
+    "output": late fusion into the final hidden state (the decoder's states stay the base's)."""
     slots: int = 1
     """Memory key/value slots S per layer (mode "kv")."""
     prefix_length: int = 4
@@ -64,12 +70,20 @@ class ConditioningConfig:
     """Module-name suffixes that get LoRA; None infers the attention projections."""
     trainable: TrainablePart = "adapter"
     """What trains: "adapter" (conditioning maps only), "lora" (+ LoRA), "full" (+ decoder)."""
+    fusion_hidden: int = 1024
+    """Hidden width of the fusion MLP F (mode "output")."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
             raise ValueError(f"code_size must be positive; got {self.code_size}")
-        if self.mode not in ("kv", "prefix"):
-            raise ValueError(f'mode must be "kv" or "prefix"; got {self.mode!r}')
+        if self.mode not in ("kv", "prefix", "output"):
+            raise ValueError(f'mode must be "kv", "prefix" or "output"; got {self.mode!r}')
+        if self.mode == "output" and self.embedding_offset:
+            raise ValueError(
+                'mode "output" conditions only the final hidden state; set embedding_offset: false'
+            )
+        if self.fusion_hidden <= 0:
+            raise ValueError(f"fusion_hidden must be positive; got {self.fusion_hidden}")
         if self.slots <= 0:
             raise ValueError(f"slots must be positive; got {self.slots}")
         if self.prefix_length <= 0:
@@ -193,6 +207,17 @@ class MemoryConditionedDecoder(nn.Module):
         factory = {"device": decoder.device, "dtype": decoder.dtype}
         self.memory_map = nn.Linear(config.code_size, self._memory_width(), bias=False, **factory)
         nn.init.normal_(self.memory_map.weight, std=config.init_std / config.code_size**0.5)
+        self.fusion_in = self.fusion_out = self.copy_gate = None
+        if config.mode == "output":
+            hidden = self.shape.hidden
+            nn.init.zeros_(self.memory_map.weight)  # U z starts at 0: the base model's logits
+            self.fusion_in = nn.Linear(hidden + config.code_size, config.fusion_hidden, **factory)
+            self.fusion_out = nn.Linear(config.fusion_hidden, hidden, **factory)
+            nn.init.zeros_(self.fusion_out.weight)
+            nn.init.zeros_(self.fusion_out.bias)
+            self.copy_gate = nn.Linear(hidden + config.code_size, 1, **factory)
+            nn.init.zeros_(self.copy_gate.weight)  # gate 2 * sigmoid(0) = 1 everywhere at first
+            nn.init.zeros_(self.copy_gate.bias)
         self.offset_map = None
         if config.embedding_offset:
             self.offset_map = nn.Linear(config.code_size, self.shape.hidden, bias=False, **factory)
@@ -204,6 +229,8 @@ class MemoryConditionedDecoder(nn.Module):
         """Output width of the kv map (L * kinds * S * G * D) or the prefix map (P * H)."""
         if self.config.mode == "prefix":
             return self.config.prefix_length * self.shape.hidden
+        if self.config.mode == "output":
+            return self.shape.hidden
         kinds = 1 if self.config.share_key_value else 2
         s = self.shape
         return s.layers * kinds * self.config.slots * s.kv_heads * s.head_dim
@@ -223,9 +250,9 @@ class MemoryConditionedDecoder(nn.Module):
             raise ValueError('trainable part "lora" needs ConditioningConfig.lora_rank > 0')
         for name, param in self.decoder.named_parameters():
             param.requires_grad_(part == "full" or (part == "lora" and "lora_" in name))
-        for module in (self.memory_map, self.offset_map):
+        for module in (self.memory_map, self.offset_map, self.fusion_in, self.fusion_out, self.copy_gate):
             if module is not None:
-                module.weight.requires_grad_(True)
+                module.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that currently require gradients (tied weights listed once)."""
@@ -248,9 +275,10 @@ class MemoryConditionedDecoder(nn.Module):
                 logits = self.decoder(input_ids=input_ids, attention_mask=attention_mask).logits
         else:
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            inputs = self._prepare(input_ids, mask, self._check_z(z, input_ids))
+            z = self._check_z(z, input_ids)
+            inputs = self._prepare(input_ids, mask, z)
             with self._adapters(z):
-                logits = self._logits(inputs)[:, -input_ids.shape[1] :]  # (B, T, V)
+                logits = self._logits(inputs, z)[:, -input_ids.shape[1] :]  # (B, T, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
@@ -296,7 +324,7 @@ class MemoryConditionedDecoder(nn.Module):
         tokens, step_logits = [], []
         with self._adapters(z):
             for _ in range(max_new_tokens):
-                logits = self._logits(inputs)[:, -1]  # (B, V)
+                logits = self._logits(inputs, z)[:, -1]  # (B, V)
                 token = logits.argmax(-1)  # (B,)
                 if eos is not None:
                     token = token.masked_fill(done, pad)
@@ -350,7 +378,7 @@ class MemoryConditionedDecoder(nn.Module):
     def _prepare(self, input_ids: Tensor, mask: Tensor, z: Tensor | None) -> _DecoderInputs:
         """The first decoder call for input_ids (B, T) and mask (B, T), with the memory of z."""
         embeds = self._embed(input_ids, z)
-        if z is None:
+        if z is None or self.config.mode == "output":
             cache = DynamicCache(config=self.text_config)
             return _DecoderInputs(embeds, mask, _positions(mask), cache, memory=0)
         if self.config.mode == "kv":
@@ -394,8 +422,18 @@ class MemoryConditionedDecoder(nn.Module):
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
         )
 
-    def _logits(self, inputs: _DecoderInputs) -> Tensor:
+    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None) -> Tensor:
         """Decoder logits (B, T', V) for one call; the cache grows by T' positions."""
+        if z is not None and self.config.mode == "output":
+            body, _ = self._body_and_head()
+            hidden = body(
+                inputs_embeds=inputs.embeds,
+                attention_mask=inputs.mask,
+                position_ids=inputs.positions,
+                cache=inputs.cache,
+                use_cache=True,
+            ).last_hidden_state  # (B, T', H)
+            return self.fused_logits(hidden, z)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),
@@ -429,3 +467,43 @@ class MemoryConditionedDecoder(nn.Module):
             )
             for kind in layer_types
         }
+
+    # ------------------------------------------------------------------ mode "output"
+    def _body_and_head(self) -> tuple[nn.Module, nn.Module]:
+        """The base decoder's transformer body (final norm included) and its output head."""
+        base = self.decoder.get_base_model() if isinstance(self.decoder, PeftModel) else self.decoder
+        return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+    def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The base decoder's final hidden states (B, T, H), the input of its output head.
+
+        In mode "output" these do not depend on z, so a frozen decoder's can be cached.
+        """
+        body, _ = self._body_and_head()
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        with self._adapters(None):
+            return body(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+
+    def fused_logits(self, hidden: Tensor, z: Tensor) -> Tensor:
+        """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
+
+        logits = head(h + F([h; z])) + g([h; z]) * normalize_rows(W_out) @ (U z): a residual MLP
+        on the hidden state plus a copy term that scores every token by the cosine between its
+        output embedding and the vector U z (so frequent, long embeddings do not win by norm),
+        with a gate g in (0, 2) that lets each position decide how much to copy.
+        """
+        if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
+            raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
+        _, head = self._body_and_head()
+        z = z.to(hidden.dtype)
+        if hidden.ndim == z.ndim + 1:
+            z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
+        both = torch.cat([hidden, z], -1)  # (..., H + C)
+        mixed = hidden + self.fusion_out(F.gelu(self.fusion_in(both)))
+        copy = self.memory_map(z) * (2 * torch.sigmoid(self.copy_gate(both)))  # (..., H)
+        weight = head.weight  # (V, H)
+        logits = head(mixed) + (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

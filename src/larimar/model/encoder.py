@@ -43,6 +43,13 @@ class SentenceEncoder(nn.Module):
         trainable: if False, the encoder body is frozen (no gradients, always in eval mode);
             the latent head stays trainable.
         max_length: tokens kept per text by `tokenize`, `encode` and `embed`.
+        lexicon: optional token embedding table (e.g. the decoder's input embeddings, shared,
+            not copied) for a lexical channel: the last `lexical_tokens` tokens of each text
+            (trailing punctuation dropped), embedded and mapped to the latent by their own
+            linear head, are added to the pooled latent. It lets exact words (names, numbers)
+            survive into the latent, which a mean-pooled sentence embedding blurs.
+        lexical_tokenizer: the tokenizer of `lexicon`.
+        lexical_tokens: how many final tokens the lexical channel reads (0: no channel).
 
     The head is initialised to the identity when C == H, so that untrained latents equal the
     pooled sentence embeddings; otherwise with N(0, 1/H) entries, which keeps their norm.
@@ -56,6 +63,9 @@ class SentenceEncoder(nn.Module):
         pooling: Pooling = "mean",
         trainable: bool = True,
         max_length: int = 64,
+        lexicon: nn.Embedding | None = None,
+        lexical_tokenizer: PreTrainedTokenizerBase | None = None,
+        lexical_tokens: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -75,6 +85,20 @@ class SentenceEncoder(nn.Module):
         param = next(encoder.parameters(), None)
         if param is not None:
             self.head.to(device=param.device, dtype=param.dtype)
+        self.lexical_tokens = lexical_tokens
+        self.lexical_head: nn.Linear | None = None
+        self._lexicon: tuple[nn.Embedding, ...] = ()  # a tuple: not registered, not saved twice
+        if lexical_tokens < 0:
+            raise ValueError(f"lexical_tokens must be >= 0; got {lexical_tokens}")
+        if lexical_tokens:
+            if lexicon is None or lexical_tokenizer is None:
+                raise ValueError("lexical_tokens > 0 needs a lexicon (token embeddings) and its tokenizer")
+            self._lexicon = (lexicon,)
+            self.lexical_tokenizer = lexical_tokenizer
+            width = lexical_tokens * lexicon.embedding_dim
+            self.lexical_head = nn.Linear(width, code_size, bias=False)
+            nn.init.normal_(self.lexical_head.weight, std=1.0 / math.sqrt(width))
+            self.lexical_head.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
         self.trainable = trainable
         self.encoder.requires_grad_(trainable)
         if not trainable:
@@ -114,9 +138,41 @@ class SentenceEncoder(nn.Module):
             return hidden[:, 0]
         return mean_pool(hidden, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Latents z: (B, T), (B, T) -> (B, C)."""
-        return self.head(self.pool(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                lexical_ids: torch.Tensor | None = None, lexical_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents z: (B, T), (B, T) [, (B, L), (B, L)] -> (B, C)."""
+        return self.latent(self.pool(input_ids, attention_mask), lexical_ids, lexical_mask)
+
+    def latent(self, pooled: torch.Tensor, lexical_ids: torch.Tensor | None = None,
+               lexical_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents from pooled states (B, H) and, with a lexical channel, its token ids (B, L)."""
+        z = self.head(pooled.to(self.head.weight.dtype))
+        if self.lexical_head is None:
+            return z
+        if lexical_ids is None or lexical_mask is None:
+            raise ValueError("this encoder has a lexical channel: pass lexical_ids and lexical_mask (see tokenize)")
+        embeds = self._lexicon[0](lexical_ids.to(self.head.weight.device))  # (B, L, D)
+        embeds = embeds * lexical_mask.to(embeds)[..., None]
+        return z + self.lexical_head(embeds.flatten(1).to(self.head.weight.dtype))
+
+    def lexical(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lexical channel's inputs: the last L tokens of each text, right-aligned.
+
+        Trailing punctuation and spaces are dropped first, so "... in Rome." ends in " Rome".
+        Returns ids (N, L) (slot L-1 holds the last token) and a 0/1 mask (N, L).
+        """
+        n, width = len(texts), self.lexical_tokens
+        ids = torch.zeros(n, width, dtype=torch.long)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for row, text in enumerate(texts):
+            end = len(text)
+            while end > 0 and not text[end - 1].isalnum():
+                end -= 1
+            tokens = self.lexical_tokenizer(text[:end], add_special_tokens=False)["input_ids"][-width:]
+            if tokens:
+                ids[row, width - len(tokens) :] = torch.tensor(tokens)
+                mask[row, width - len(tokens) :] = 1
+        return ids, mask
 
     def tokenize(self, texts: list[str]) -> BatchEncoding:
         """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device."""
@@ -129,6 +185,8 @@ class SentenceEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
+        if self.lexical_head is not None:
+            batch["lexical_ids"], batch["lexical_mask"] = self.lexical(list(texts))
         return batch.to(self.head.weight.device)
 
     @torch.no_grad()
@@ -159,7 +217,8 @@ class SentenceEncoder(nn.Module):
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenize(texts[start : start + batch_size])
                 pooled = self.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
-                chunks.append(self.head(pooled) if with_head else pooled)
+                chunks.append(self.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"))
+                              if with_head else pooled)
         finally:
             self.train(was_training)
         return torch.cat(chunks)  # (N, width)

@@ -46,6 +46,9 @@ class LarimarConfig:
     """Encoder tokens kept per text."""
     pooling: str = "mean"
     """Encoder pooling: "mean" or "cls"."""
+    lexical_tokens: int = 0
+    """Final tokens of each text that a lexical channel (the decoder's token embeddings, a
+    linear head) adds to the latent; 0: the pooled sentence embedding alone."""
     readout_scale: float = 1.0
     """Multiply the memory readout by this before decoding (arXiv 2407.16908 uses 3-4)."""
     scope_threshold: float = 0.7
@@ -93,15 +96,19 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class TextBatch:
-    """Tokenised texts: ids and mask (N, T), or pooled encoder states (N, H) from a frozen encoder."""
+    """Tokenised texts: ids and mask (N, T), or pooled encoder states (N, H) from a frozen encoder,
+    and the lexical channel's ids and mask (N, L) when the encoder has one."""
 
     input_ids: Tensor | None = None
     attention_mask: Tensor | None = None
     pooled: Tensor | None = None
+    lexical_ids: Tensor | None = None
+    lexical_mask: Tensor | None = None
 
     def to(self, device: torch.device | str) -> TextBatch:
         """Move every tensor."""
-        return TextBatch(*(None if t is None else t.to(device) for t in (self.input_ids, self.attention_mask, self.pooled)))
+        tensors = (self.input_ids, self.attention_mask, self.pooled, self.lexical_ids, self.lexical_mask)
+        return TextBatch(*(None if t is None else t.to(device) for t in tensors))
 
 
 @dataclass
@@ -188,18 +195,48 @@ class LarimarModel(nn.Module):
         encoder = SentenceEncoder(
             enc_model, enc_tok, code_size=config.memory.code_size, pooling=config.pooling,  # type: ignore[arg-type]
             trainable=config.encoder_trainable, max_length=config.encoder_max_length,
+            lexicon=dec_model.get_input_embeddings() if config.lexical_tokens else None,
+            lexical_tokenizer=dec_tok, lexical_tokens=config.lexical_tokens,
         )
         decoder = MemoryConditionedDecoder(dec_model, config.conditioning)  # type: ignore[arg-type]
         if dec_tok.pad_token_id is None:
             dec_tok.pad_token = dec_tok.eos_token
-        return cls(config, encoder, decoder, dec_tok)
+        model = cls(config, encoder, decoder, dec_tok)
+        if encoder.lexical_head is not None and decoder.fusion_out is not None:
+            model.init_copy_path()
+        return model
+
+    @torch.no_grad()
+    def init_copy_path(self, latent_scale: float = 1.0, logit_scale: float = 150.0) -> None:
+        """Start the lexical channel and the late fusion as a copy path through the latent.
+
+        P (D, C') holds the top principal directions of the decoder's token embeddings
+        (C' = min(C, D)). The lexical head maps the last token's embedding e to latent_scale *
+        P^T e, the other token slots to 0, and the copy map U takes the latent back with P,
+        scaled so that ||U z|| is about `logit_scale` for an average token: the copy term then
+        adds up to that many logits to the tokens whose embeddings point the same way.
+        Before any training a latent read from memory then raises its last word's tokens;
+        training refines every part. Trained weights loaded later replace all of it.
+        """
+        emb = self.decoder.decoder.get_input_embeddings().weight.float()  # (V, D)
+        d, c = emb.shape[1], self.config.memory.code_size
+        k = min(c, d)
+        _, vectors = torch.linalg.eigh(emb.T @ emb)  # ascending eigenvalues
+        basis = vectors[:, -k:].flip(1)  # (D, k), leading direction first
+        energy = float((emb @ basis).square().sum(1).mean())  # mean ||P^T e||^2
+        head = self.encoder.lexical_head.weight  # (C, L * D)
+        head.zero_()
+        head[:k, -d:] = latent_scale * basis.T.to(head)
+        direct = self.decoder.memory_map.weight  # (D, C)
+        direct.zero_()
+        direct[:, :k] = (logit_scale / (latent_scale * energy**0.5)) * basis.to(direct)
 
     # --------------------------------------------------------------------------- latents
     def latents(self, texts: TextBatch) -> Tensor:
         """Latents z (N, C) of tokenised texts, or of cached pooled states of a frozen encoder."""
         if texts.pooled is not None:
-            return self.encoder.head(texts.pooled.to(self.encoder.head.weight.dtype))
-        return self.encoder(texts.input_ids, texts.attention_mask)
+            return self.encoder.latent(texts.pooled, texts.lexical_ids, texts.lexical_mask)
+        return self.encoder(texts.input_ids, texts.attention_mask, texts.lexical_ids, texts.lexical_mask)
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> Tensor:

@@ -92,6 +92,36 @@ class LoopConfig:
 
 
 @dataclass
+class FusionConfig:
+    """Training on cached frozen states (conditioning mode "output", frozen encoder body and
+    decoder): see `larimar.train.fusion`."""
+
+    batch_sentences: int = 128
+    """Sentences per optimiser step, split into episodes."""
+    episode_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    """E of each step is drawn from these (each must divide batch_sentences)."""
+    extra_positions: int = 2
+    """Besides the last word's tokens, this many random earlier positions per sentence enter
+    the loss (reconstruction of the rest of the sentence)."""
+    full_query: float = 0.25
+    """Share of sentences read back with the whole sentence instead of the prefix."""
+    shard_size: int = 1000
+    """Sentences per cache shard."""
+    cache_dir: str | None = None
+    """Where the cached states go; None: <output_dir>/cache."""
+    cache_batch: int = 32
+    """Sentences per decoder forward while caching."""
+
+    def __post_init__(self) -> None:
+        self.episode_sizes = tuple(self.episode_sizes)
+        if not self.episode_sizes or any(e < 1 or self.batch_sentences % e for e in self.episode_sizes):
+            raise ValueError(f"fusion.episode_sizes must be >= 1 and divide batch_sentences ({self.batch_sentences}); "
+                             f"got {self.episode_sizes}")
+        if self.extra_positions < 0 or not 0.0 <= self.full_query <= 1.0 or self.shard_size < 1:
+            raise ValueError("fusion: need extra_positions >= 0, 0 <= full_query <= 1, shard_size >= 1")
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -109,6 +139,15 @@ class TrainConfig:
     """Loss weights."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     """Run length and bookkeeping."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """Cached-state training (used when the model's conditioning mode is "output")."""
+
+    @property
+    def uses_cached_states(self) -> bool:
+        """Whether this run trains on cached frozen states (`larimar.train.fusion`)."""
+        cond = self.model.conditioning
+        return (cond is not None and cond.mode == "output" and cond.trainable == "adapter"
+                and not self.model.encoder_trainable)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view, for YAML/JSON."""
@@ -117,7 +156,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from nested dictionaries; unknown keys are an error that names them."""
-        sections = {"model": LarimarConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+        sections = {"model": LarimarConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig,
+                    "fusion": FusionConfig}
         _reject_unknown(cls, data, "")
         kwargs = dict(data)
         for name, klass in sections.items():

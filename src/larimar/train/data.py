@@ -186,9 +186,12 @@ class Collator:
         max_tokens: tokens kept per text.
         pooled_lookup: optional function texts -> (N, H) pooled states of a frozen encoder;
             when given, encoder inputs are passed as pooled states instead of token ids.
+        lexical: the encoder's `lexical` method when it has a lexical channel, else None.
     """
 
-    def __init__(self, encoder_tokenizer: Any, decoder_tokenizer: Any, episode_size: int, max_tokens: int, pooled_lookup: Any = None) -> None:
+    def __init__(self, encoder_tokenizer: Any, decoder_tokenizer: Any, episode_size: int, max_tokens: int,
+                 pooled_lookup: Any = None, lexical: Any = None) -> None:
+        self.lexical = lexical
         self.enc = encoder_tokenizer
         self.dec = decoder_tokenizer
         self.episode_size = episode_size
@@ -196,10 +199,11 @@ class Collator:
         self.pooled_lookup = pooled_lookup
 
     def _encoder_batch(self, texts: list[str]) -> TextBatch:
+        lex_ids, lex_mask = self.lexical(texts) if self.lexical is not None else (None, None)
         if self.pooled_lookup is not None:
-            return TextBatch(pooled=self.pooled_lookup(texts))
+            return TextBatch(pooled=self.pooled_lookup(texts), lexical_ids=lex_ids, lexical_mask=lex_mask)
         t = self.enc(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        return TextBatch(t["input_ids"], t["attention_mask"])
+        return TextBatch(t["input_ids"], t["attention_mask"], lexical_ids=lex_ids, lexical_mask=lex_mask)
 
     def decoder_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded decoder ids (N, Td) ending in eos, and their mask."""

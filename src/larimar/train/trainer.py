@@ -115,8 +115,10 @@ class Trainer:
         enc = self.model.encoder
         lookup = PooledCache(enc) if config.loop.cache_frozen_encoder and not enc.trainable else None
         dcfg = config.data
-        self.collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens, lookup)
-        self.eval_collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens)
+        lexical = enc.lexical if enc.lexical_head is not None else None
+        self.collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens, lookup, lexical)
+        self.eval_collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens,
+                                     lexical=lexical)
         tok = self.model.tokenizer
         self.stream = EpisodeStream(self.train_sentences, dcfg, config.seed,
                                     length=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))

@@ -1,0 +1,386 @@
+"""Training for late-fusion conditioning (mode "output") on cached frozen-model states.
+
+With conditioning mode "output", a frozen decoder's hidden states never depend on the memory,
+and with a frozen encoder body neither do its pooled states. Both are computed once per
+training sentence and stored in shards; training then runs only the trainable parts (latent
+heads, the memory, the fusion map and the output head) at the positions that enter the loss.
+On a CPU this is two orders of magnitude faster per sentence than backpropagating through the
+decoder, which is what lets the built-in model train on a laptop.
+
+Cache layout (`<output_dir>/cache/shard-NNNNN.pt`, each a dict):
+    written    list[str]     the sentences as written (a share has their last word swapped)
+    query      list[str]     each sentence minus its last word (the copy-task query)
+    pooled_w   (n, H) fp16   encoder pooled states of `written`
+    pooled_q   (n, H) fp16   encoder pooled states of `query`
+    ids        list[(T_i,)]  decoder tokens of written + eos
+    hidden     list[(T_i, D)] fp16 decoder final hidden states of those tokens
+    answer     list[int]     index of the first token of the last word in `ids`
+
+Symbols: n sentences per shard, H encoder width, D decoder width, C code size, E episode size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from ..model.larimar import LarimarModel
+from .data import split_last_word, swap_last_word
+
+logger = logging.getLogger(__name__)
+
+SHARD_GLOB = "shard-*.pt"
+
+
+def answer_start(tokenizer: Any, head: str, ids: list[int]) -> int:
+    """Index in `ids` (tokens of the whole sentence) of the first token after `head`."""
+    prefix = tokenizer(head, add_special_tokens=False)["input_ids"]
+    n = 0
+    while n < min(len(prefix), len(ids)) and prefix[n] == ids[n]:
+        n += 1
+    return n
+
+
+def fusion_examples(sentences: list[str], swap: float, seed: int) -> list[tuple[str, str]]:
+    """(written, query) pairs: a share `swap` of sentences get another sentence's last word.
+
+    The query is the written sentence minus its last word; sentences without a last word
+    to swap are dropped.
+    """
+    rng = random.Random(seed)
+    out = []
+    for s in sentences:
+        written = swap_last_word(s, sentences[rng.randrange(len(sentences))]) if rng.random() < swap else s
+        head, word, _ = split_last_word(written)
+        if head and word:
+            out.append((written, head))
+    return out
+
+
+@torch.no_grad()
+def build_cache(model: LarimarModel, sentences: list[str], folder: Path, shard_size: int = 1000,
+                swap: float = 0.5, seed: int = 0, max_tokens: int = 40, batch_size: int = 32) -> list[Path]:
+    """Compute and store the frozen states of `sentences` in shards; existing shards are kept.
+
+    Returns the shard paths in order. Safe to interrupt: a shard appears only when complete.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = model.tokenizer
+    eos = tok.eos_token or ""
+    encoder, decoder = model.encoder, model.decoder
+    encoder.eval()
+    decoder.eval()
+    device = encoder.head.weight.device
+    paths = []
+    n_shards = math.ceil(len(sentences) / shard_size)
+    for shard in range(n_shards):
+        path = folder / f"shard-{shard:05d}.pt"
+        paths.append(path)
+        if path.is_file():
+            continue
+        chunk = sentences[shard * shard_size : (shard + 1) * shard_size]
+        pairs = fusion_examples(chunk, swap, seed * 100_003 + shard)
+        ids = [tok(w + eos, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"] for w, _ in pairs]
+        keep = [i for i, t in enumerate(ids)  # whole sentences only, with a last word to predict
+                if t and t[-1] == tok.eos_token_id and answer_start(tok, pairs[i][1], t) < len(t) - 1]
+        pairs, ids = [pairs[i] for i in keep], [ids[i] for i in keep]
+        order = sorted(range(len(pairs)), key=lambda i: len(ids[i]))
+        hidden: list[Tensor | None] = [None] * len(pairs)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in rows)
+            batch = torch.full((len(rows), width), tok.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for r, i in enumerate(rows):
+                batch[r, : len(ids[i])] = torch.tensor(ids[i])
+                mask[r, : len(ids[i])] = 1
+            h = decoder.final_hidden(batch.to(device), mask.to(device)).half().cpu()  # (b, T, D)
+            for r, i in enumerate(rows):
+                hidden[i] = h[r, : len(ids[i])].clone()
+        written, query = [w for w, _ in pairs], [q for _, q in pairs]
+        pooled = {}
+        for name, texts in (("pooled_w", written), ("pooled_q", query)):
+            parts = []
+            for start in range(0, len(texts), 64):
+                t = encoder.tokenize(texts[start : start + 64])
+                parts.append(encoder.pool(t["input_ids"], t["attention_mask"]).half().cpu())
+            pooled[name] = torch.cat(parts)
+        data = {
+            "written": written, "query": query, **pooled,
+            "ids": [torch.tensor(t) for t in ids], "hidden": hidden,
+            "answer": [answer_start(tok, q, t) for q, t in zip(query, ids)],
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.rename(path)
+        logger.info("cached shard %d/%d (%d sentences)", shard + 1, n_shards, len(written))
+    return paths
+
+
+def projection_readout(z_written: Tensor, z_query: Tensor) -> Tensor:
+    """The deterministic read of a fresh memory after a one-shot write, in closed form.
+
+    Writing Z (B, E, C) with full-rank keys gives M = W0^+ Z; reading with W = Zq M^+ gives
+    Zr = Zq Z^+ Z, the orthogonal projection of each query onto the span of the written
+    latents, whatever the K x C memory and its prior. Computing it through the E x E Gram
+    matrix avoids the SVDs of K x C matrices, which would dominate a training step on CPU.
+    (`tests/train/test_fusion.py` checks it against `EpisodicMemory.write` + `read`.)
+
+    Args:
+        z_written: (B, E, C) written latents.
+        z_query: (B, Q, C) queries.
+
+    Returns:
+        (B, Q, C) readouts.
+    """
+    gram = z_written @ z_written.transpose(1, 2)  # (B, E, E)
+    coeff = z_query @ z_written.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True)  # (B, Q, E)
+    return coeff @ z_written
+
+
+@dataclass
+class CachedShard:
+    """One cache shard in memory, with the lexical channel's inputs precomputed."""
+
+    pooled_w: Tensor
+    pooled_q: Tensor
+    lex_w: tuple[Tensor, Tensor] | None
+    lex_q: tuple[Tensor, Tensor] | None
+    ids: list[Tensor]
+    hidden: list[Tensor]
+    answer: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_shard(path: Path, model: LarimarModel) -> CachedShard:
+    """Read a shard written by `build_cache`."""
+    data = torch.load(path, weights_only=False)
+    enc = model.encoder
+    lex = enc.lexical if enc.lexical_head is not None else None
+    return CachedShard(
+        data["pooled_w"], data["pooled_q"],
+        lex(data["written"]) if lex else None, lex(data["query"]) if lex else None,
+        data["ids"], data["hidden"], data["answer"],
+    )
+
+
+class FusionTrainer:
+    """Trains the trainable parts of a mode-"output" Larimar model on cached frozen states.
+
+    Same output folder layout as `Trainer` (config.yaml, log.jsonl, checkpoint-STEP/, final/),
+    exact resume included.
+
+    Args:
+        config: the run; config.uses_cached_states must hold.
+        model: a model to train; None builds one from config.model.
+        sentences: (train, held-out) sentences; None loads config.data.corpus.
+    """
+
+    def __init__(self, config: Any, model: LarimarModel | None = None,
+                 sentences: tuple[list[str], list[str]] | None = None) -> None:
+        from .trainer import load_corpus, lr_lambda
+
+        if not config.uses_cached_states:
+            raise ValueError('cached-state training needs conditioning mode "output", trainable "adapter" '
+                             "and a frozen encoder body; use Trainer for other configurations")
+        self.config = config
+        self.out = Path(config.output_dir)
+        torch.manual_seed(config.seed)
+        self.model = model if model is not None else LarimarModel.from_config(config.model)
+        self.train_sentences, heldout = sentences if sentences is not None else load_corpus(config)
+        self.heldout = heldout[: config.loop.eval_sentences]
+        self.cache_dir = Path(config.fusion.cache_dir or self.out / "cache")
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = LambdaLR(self.optimizer, lr_lambda(config))
+        self.step = 0
+        self.shards: list[CachedShard] = []
+
+    # ------------------------------------------------------------------------- bookkeeping
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-STEP/ atomically and prune old ones."""
+        from .trainer import STATE_FILE, WEIGHTS_FILE, _rng_state
+
+        folder = self.out / f"checkpoint-{self.step:07d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.trained_state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "rng": _rng_state()}, tmp / "optim.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"step": self.step}))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        for old in sorted(self.out.glob("checkpoint-*[0-9]"))[: -self.config.loop.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def latest_checkpoint(self) -> Path | None:
+        from .trainer import STATE_FILE
+
+        done = sorted(p for p in self.out.glob("checkpoint-*[0-9]") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+    def resume(self, folder: Path) -> None:
+        """Restore weights, optimiser, scheduler, RNG and step."""
+        from .trainer import STATE_FILE, WEIGHTS_FILE, _set_rng_state
+
+        self.model.load_trained(folder / WEIGHTS_FILE)
+        state = torch.load(folder / "optim.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = json.loads((folder / STATE_FILE).read_text())["step"]
+        logger.info("resumed from %s at step %d", folder, self.step)
+
+    def validate(self) -> dict[str, float]:
+        """Copy accuracy through the full model (E = 1 and E = 4) on held-out sentences."""
+        from .validate import copy_accuracy
+
+        single = copy_accuracy(self.model, self.heldout, episode_size=1, seed=self.config.seed)
+        four = copy_accuracy(self.model, self.heldout, episode_size=4, seed=self.config.seed)
+        self.model.train()
+        return {"copy_acc": single.with_memory, "copy_acc_e4": four.with_memory,
+                "copy_acc_plain": single.without_memory, "copy_n": single.n}
+
+    # ------------------------------------------------------------------------- data
+    def prepare(self) -> None:
+        """Build (or complete) the cache of frozen states and load it."""
+        f = self.config.fusion
+        paths = build_cache(self.model, self.train_sentences, self.cache_dir, f.shard_size,
+                            self.config.data.swap_last_word, self.config.seed, self.config.data.max_tokens,
+                            f.cache_batch)
+        self.shards = [load_shard(p, self.model) for p in paths]
+        if sum(len(s) for s in self.shards) < f.batch_sentences:
+            raise ValueError(f"the cache holds fewer than batch_sentences={f.batch_sentences} usable sentences; "
+                             "use more training sentences or a smaller batch")
+
+    def _latents(self, shard: CachedShard, rows: list[int], query: list[bool]) -> tuple[Tensor, Tensor]:
+        enc = self.model.encoder
+        device = enc.head.weight.device
+        idx = torch.tensor(rows)
+        pw = shard.pooled_w[idx].float().to(device)
+        pq = torch.where(torch.tensor(query)[:, None], shard.pooled_w[idx], shard.pooled_q[idx]).float().to(device)
+        if shard.lex_w is None:
+            return enc.latent(pw), enc.latent(pq)
+        q = torch.tensor(query)[:, None]
+        lq = tuple(torch.where(q, a[idx], b[idx]) for a, b in zip(shard.lex_w, shard.lex_q))
+        return enc.latent(pw, *(t[idx] for t in shard.lex_w)), enc.latent(pq, *lq)
+
+    def batch_loss(self, gen: torch.Generator) -> tuple[Tensor, int]:
+        """Loss of one random batch of episodes; returns it and the number of scored tokens."""
+        f = self.config.fusion
+        sizes = f.episode_sizes
+        e = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
+        lengths = torch.tensor([len(s) for s in self.shards], dtype=torch.float)
+        picks: dict[int, list[int]] = {}
+        for s in torch.multinomial(lengths, f.batch_sentences, replacement=True, generator=gen).tolist():
+            picks.setdefault(s, []).append(int(torch.randint(len(self.shards[s]), (1,), generator=gen)))
+        z_w, z_q, hid, tgt, owner = [], [], [], [], []
+        base = 0
+        for s, rows in picks.items():
+            shard = self.shards[s]
+            full = (torch.rand(len(rows), generator=gen) < f.full_query).tolist()
+            a, b = self._latents(shard, rows, full)
+            z_w.append(a)
+            z_q.append(b)
+            for j, r in enumerate(rows):
+                ids, hidden, start = shard.ids[r], shard.hidden[r], shard.answer[r]
+                positions = list(range(start - 1, len(ids) - 1))  # predict the last word onwards
+                if start > 1 and f.extra_positions:
+                    positions += torch.randint(0, start - 1, (f.extra_positions,), generator=gen).tolist()
+                hid.append(hidden[positions])
+                tgt.append(ids[[p + 1 for p in positions]])
+                owner += [base + j] * len(positions)
+            base += len(rows)
+        device = self.model.encoder.head.weight.device
+        c = self.model.config.memory.code_size
+        zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
+        z_read = self.model.config.readout_scale * projection_readout(zw, zq).reshape(-1, c)  # (N, C)
+        hidden = torch.cat(hid).float().to(device)  # (R, D)
+        logits = self.model.decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)])  # (R, V)
+        target = torch.cat(tgt).to(device)
+        return F.cross_entropy(logits.float(), target), len(target)
+
+    # ------------------------------------------------------------------------- the loop
+    def train(self, resume: bool = True) -> Any:
+        """Cache, then train until max_steps (or max_minutes), checkpointing and validating."""
+        from .trainer import TrainResult
+
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg.save_yaml(self.out / "config.yaml")
+        latest = self.latest_checkpoint() if resume else None
+        if latest is not None:
+            self.resume(latest)
+        self.prepare()
+        flush = torch.set_flush_denormal(True)  # softmax tails underflow into denormals: 10x slower on CPU
+        try:
+            return self._loop()
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+
+    def _loop(self) -> Any:
+        from .trainer import TrainResult
+
+        cfg = self.config
+        start, tokens, losses, validation = time.perf_counter(), 0, [], None
+        bar = tqdm(total=cfg.loop.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        self.model.train()
+        while self.step < cfg.loop.max_steps:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+            loss, n = self.batch_loss(gen)
+            loss.backward()
+            if cfg.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            self.step += 1
+            losses.append(float(loss.detach()))
+            tokens += n
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            if self.step % cfg.loop.log_every == 0:
+                self._log({"step": self.step, "loss": float(np.mean(losses[-cfg.loop.log_every:])),
+                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed,
+                           "elapsed_s": elapsed})
+            if self.step % cfg.loop.eval_every == 0 or self.step == cfg.loop.max_steps:
+                validation = self.validate()
+                self._log({"step": self.step, "validation": validation})
+                bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in validation.items()))
+            out_of_time = cfg.loop.max_minutes is not None and elapsed > 60 * cfg.loop.max_minutes
+            if self.step % cfg.loop.save_every == 0 or self.step == cfg.loop.max_steps or out_of_time:
+                self.save_checkpoint()
+            if out_of_time:
+                break
+        bar.close()
+        finished = self.step >= cfg.loop.max_steps
+        if finished:
+            self.model.save_pretrained(self.out / "final")
+        return TrainResult(self.step, finished, self.out, validation)
