@@ -195,3 +195,18 @@ def test_lexical_model_saves_only_its_trained_parts(tmp_path):
     ids = model.tokenizer(texts, return_tensors="pt")["input_ids"]
     z = model.encode(texts)
     torch.testing.assert_close(again.decoder(ids, z=z).logits, model.decoder(ids, z=z).logits)
+
+
+def test_frozen_parameters_keep_their_initial_values(tmp_path):
+    config = make_config(tmp_path, steps=5)
+    config.fusion.frozen = ("decoder.memory_map", "encoder.lexical_head")
+    model = make_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    FusionTrainer(config, model, (SENTENCES * 2, SENTENCES[:4])).train()
+    after = dict(model.named_parameters())
+    assert torch.equal(after["decoder.memory_map.weight"], before["decoder.memory_map.weight"])
+    assert torch.equal(after["encoder.lexical_head.weight"], before["encoder.lexical_head.weight"])
+    assert not torch.equal(after["decoder.copy_gate.weight"], before["decoder.copy_gate.weight"])
+    config.fusion.frozen = ("decoder.no_such_map",)
+    with pytest.raises(ValueError, match="no_such_map"):
+        FusionTrainer(config, make_model(), (SENTENCES, SENTENCES))

@@ -215,7 +215,7 @@ class MemoryConditionedDecoder(nn.Module):
             self.fusion_out = nn.Linear(config.fusion_hidden, hidden, **factory)
             nn.init.zeros_(self.fusion_out.weight)
             nn.init.zeros_(self.fusion_out.bias)
-            self.copy_gate = nn.Linear(hidden + config.code_size, 1, **factory)
+            self.copy_gate = nn.Linear(config.fusion_hidden, 1, **factory)
             nn.init.zeros_(self.copy_gate.weight)  # gate 2 * sigmoid(0) = 1 everywhere at first
             nn.init.zeros_(self.copy_gate.bias)
         self.offset_map = None
@@ -490,7 +490,8 @@ class MemoryConditionedDecoder(nn.Module):
         logits = head(h + F([h; z])) + g([h; z]) * normalize_rows(W_out) @ (U z): a residual MLP
         on the hidden state plus a copy term that scores every token by the cosine between its
         output embedding and the vector U z (so frequent, long embeddings do not win by norm),
-        with a gate g in (0, 2) that lets each position decide how much to copy.
+        with a gate g in (0, 2), computed from the MLP's hidden features, that lets each position
+        decide how much to copy.
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -498,9 +499,9 @@ class MemoryConditionedDecoder(nn.Module):
         z = z.to(hidden.dtype)
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
-        both = torch.cat([hidden, z], -1)  # (..., H + C)
-        mixed = hidden + self.fusion_out(F.gelu(self.fusion_in(both)))
-        copy = self.memory_map(z) * (2 * torch.sigmoid(self.copy_gate(both)))  # (..., H)
+        features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
+        mixed = hidden + self.fusion_out(features)
+        copy = self.memory_map(z) * (2 * torch.sigmoid(self.copy_gate(features)))  # (..., H)
         weight = head.weight  # (V, H)
         logits = head(mixed) + (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)
         cap = getattr(self.text_config, "final_logit_softcapping", None)

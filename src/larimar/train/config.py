@@ -111,9 +111,13 @@ class FusionConfig:
     """Where the cached states go; None: <output_dir>/cache."""
     cache_batch: int = 32
     """Sentences per decoder forward while caching."""
+    frozen: tuple[str, ...] = ()
+    """Names (prefixes) of trainable parameters to keep at their initial values, e.g.
+    ("decoder.memory_map", "encoder.lexical_head") to keep the initial copy path."""
 
     def __post_init__(self) -> None:
         self.episode_sizes = tuple(self.episode_sizes)
+        self.frozen = tuple(self.frozen)
         if not self.episode_sizes or any(e < 1 or self.batch_sentences % e for e in self.episode_sizes):
             raise ValueError(f"fusion.episode_sizes must be >= 1 and divide batch_sentences ({self.batch_sentences}); "
                              f"got {self.episode_sizes}")

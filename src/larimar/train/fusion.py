@@ -207,7 +207,13 @@ class FusionTrainer:
         self.train_sentences, heldout = sentences if sentences is not None else load_corpus(config)
         self.heldout = heldout[: config.loop.eval_sentences]
         self.cache_dir = Path(config.fusion.cache_dir or self.out / "cache")
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        frozen = config.fusion.frozen
+        names = {n for n, _ in self.model.named_parameters()}
+        unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
+        if unknown:
+            raise ValueError(f"fusion.frozen names no parameter: {unknown}")
+        self.params = [p for n, p in self.model.named_parameters()
+                       if p.requires_grad and not any(n.startswith(f) for f in frozen)]
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = LambdaLR(self.optimizer, lr_lambda(config))
