@@ -210,6 +210,32 @@ def _run_train(args: argparse.Namespace) -> None:
         print(", ".join(f"{k}={v:.4g}" for k, v in result.last_validation.items()))
 
 
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="the training config (YAML) of the run")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint-STEP folder of that run")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the loadable model")
+    parser.add_argument("--readout-scale", type=float, default=None, help="override the model's readout_scale")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .model import LarimarModel
+    from .train.config import TrainConfig
+    from .train.trainer import WEIGHTS_FILE
+
+    config = TrainConfig.from_yaml(args.config)
+    weights = args.checkpoint / WEIGHTS_FILE
+    if not weights.is_file():
+        raise SystemExit(f"error: no {WEIGHTS_FILE} in {args.checkpoint}; pass a checkpoint-STEP folder")
+    if args.readout_scale is not None:
+        if args.readout_scale <= 0:
+            raise SystemExit("error: --readout-scale must be > 0")
+        config.model.readout_scale = args.readout_scale
+    model = LarimarModel.from_config(config.model)
+    model.load_trained(weights)
+    model.save_pretrained(args.out)
+    print(f"saved a loadable model to {args.out}")
+
+
 # --------------------------------------------------------------------------------- corpus
 def _corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/corpus"), help="output folder")
@@ -341,6 +367,7 @@ COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "facts": ("list the facts of a memory file", _facts_args, _run_facts),
     "serve": ("serve memories over HTTP (persistent, per-memory API keys, audit log)", _serve_args, _run_serve),
     "train": ("train a Larimar model from a YAML config (resumes from checkpoints)", _train_args, _run_train),
+    "export": ("turn a training checkpoint into a loadable model folder", _export_args, _run_export),
     "corpus": ("build the training corpus from offline Wikipedia and WordNet text", _corpus_args, _run_corpus),
     "copy-eval": ("measure whether the decoder reads its memory (copy accuracy, loss ratio)", _copy_args, _run_copy),
     "eval": ("evaluate an editor with a protocol on a dataset (tables, plots, JSONL)", _eval_args, _run_eval),

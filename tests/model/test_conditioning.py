@@ -148,8 +148,9 @@ def test_output_mode_starts_as_the_base_model_and_caches_states(arch: str) -> No
     # the final states are z-independent, so fusing cached states equals the full forward
     model = condition(decoder, **MODES["output"])
     hidden = model.final_hidden(ids, mask)  # (B, T, H)
-    torch.testing.assert_close(model.fused_logits(hidden, z), model(ids, mask, z=z).logits)
-    rows = model.fused_logits(hidden[:, 2], z)  # (B, H) rows, one z each
+    seen = model.copy_coverage(model.decoder.get_input_embeddings()(ids), z)  # (B, T, 1)
+    torch.testing.assert_close(model.fused_logits(hidden, z, seen), model(ids, mask, z=z).logits)
+    rows = model.fused_logits(hidden[:, 2], z, seen[:, 2])  # (B, H) rows, one z each
     torch.testing.assert_close(rows, model(ids, mask, z=z).logits[:, 2])
 
 
@@ -163,8 +164,14 @@ def test_copy_term_scores_tokens_by_cosine() -> None:
     z = torch.zeros(1, CODE)
     z[0, 0] = 1.0
     hidden = torch.zeros(1, 32)
-    logits = model.fused_logits(hidden, z)[0]
+    logits = model.fused_logits(hidden, z)[0].detach()
     assert int(logits.argmax()) == target and float(logits[target]) == pytest.approx(50.0, rel=1e-4)
+    # once the target is the current input token, the copy term switches itself off
+    seen = model.copy_coverage(weight[[5, target, 9]][None], z).detach()  # (1, 3, 1): before, at, after
+    assert float(seen[0, 0, 0]) < 0.9
+    assert float(seen[0, 1, 0]) == pytest.approx(1.0) and float(seen[0, 2, 0]) == pytest.approx(1.0)
+    after = model.fused_logits(hidden, z, seen[0, 2])[0].detach()
+    assert float(after[target]) < 1e-3
 
 
 def test_fused_logits_need_output_mode() -> None:

@@ -120,7 +120,7 @@ def test_tiny_model_learns_to_recall_through_memory(tmp_path):
     curve = losses(tmp_path / "run")
     assert result.finished and (tmp_path / "run" / "final" / "larimar_config.json").is_file()
     assert set(result.last_validation) == {"copy_acc", "copy_acc_e4", "copy_acc_plain", "copy_n"}
-    assert sum(curve[-10:]) / 10 < 0.3 * sum(curve[:5]) / 5
+    assert sum(curve[-10:]) / 10 < 0.5 * sum(curve[:5]) / 5
     # what was trained on cached states works through the full (uncached) model path
     assert _recall(model, SENTENCES) >= max(0.75, before + 0.25)
 
@@ -210,3 +210,24 @@ def test_frozen_parameters_keep_their_initial_values(tmp_path):
     config.fusion.frozen = ("decoder.no_such_map",)
     with pytest.raises(ValueError, match="no_such_map"):
         FusionTrainer(config, make_model(), (SENTENCES, SENTENCES))
+
+
+def test_export_turns_a_checkpoint_into_a_loadable_model(tmp_path, capsys):
+    import yaml
+
+    from larimar.cli import main
+
+    enc_dir, dec_dir = tiny.save_base_models(tmp_path)
+    config = make_config(tmp_path, steps=2)
+    config.model.encoder, config.model.decoder = str(enc_dir), str(dec_dir)
+    config.loop.save_every = 2
+    FusionTrainer(config, sentences=(SENTENCES * 2, SENTENCES[:4])).train()
+    cfg_path = tmp_path / "run" / "config.yaml"
+    assert yaml.safe_load(cfg_path.read_text())["fusion"]["batch_sentences"] == 8
+    out = tmp_path / "exported"
+    assert main(["export", "--config", str(cfg_path), "--checkpoint", str(tmp_path / "run" / "checkpoint-0000002"),
+                 "--out", str(out), "--readout-scale", "2.0"]) == 0
+    model = LarimarModel.from_pretrained(out)
+    assert model.config.readout_scale == 2.0
+    with pytest.raises(SystemExit, match="checkpoint-STEP"):
+        main(["export", "--config", str(cfg_path), "--checkpoint", str(tmp_path), "--out", str(out)])

@@ -72,6 +72,9 @@ class ConditioningConfig:
     """What trains: "adapter" (conditioning maps only), "lora" (+ LoRA), "full" (+ decoder)."""
     fusion_hidden: int = 1024
     """Hidden width of the fusion MLP F (mode "output")."""
+    copy_seen_threshold: float = 0.6
+    """Mode "output": a text token whose embedding has a cosine above this with the copy
+    direction counts as the copied word already present, and closes the copy gate."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
@@ -143,6 +146,7 @@ class _DecoderInputs(NamedTuple):
     positions: Tensor  # (B, T') position ids of the new positions
     cache: DynamicCache
     memory: int  # M entries at the front that every position may attend to
+    seen: Tensor | None = None  # (B, 1) mode "output": copy coverage of the earlier positions
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -218,6 +222,8 @@ class MemoryConditionedDecoder(nn.Module):
             self.copy_gate = nn.Linear(config.fusion_hidden, 1, **factory)
             nn.init.zeros_(self.copy_gate.weight)  # gate 2 * sigmoid(0) = 1 everywhere at first
             nn.init.zeros_(self.copy_gate.bias)
+            # once the text holds what the copy term points at, stop copying it
+            self.copy_seen = nn.Parameter(torch.tensor(-100.0, **factory))
         self.offset_map = None
         if config.embedding_offset:
             self.offset_map = nn.Linear(config.code_size, self.shape.hidden, bias=False, **factory)
@@ -253,6 +259,8 @@ class MemoryConditionedDecoder(nn.Module):
         for module in (self.memory_map, self.offset_map, self.fusion_in, self.fusion_out, self.copy_gate):
             if module is not None:
                 module.requires_grad_(True)
+        if self.config.mode == "output":
+            self.copy_seen.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that currently require gradients (tied weights listed once)."""
@@ -416,7 +424,11 @@ class MemoryConditionedDecoder(nn.Module):
     ) -> _DecoderInputs:
         """The decoder call that feeds the chosen token (B,) after `inputs`."""
         ones = inputs.mask.new_ones(inputs.mask.shape[0], 1)
+        seen = None
+        if z is not None and self.config.mode == "output":
+            seen = self.copy_coverage(inputs.embeds, z, inputs.seen)[:, -1]  # (B, 1)
         return inputs._replace(
+            seen=seen,
             embeds=self._embed(token[:, None], z),  # (B, 1, H)
             mask=torch.cat([inputs.mask, ones], 1),
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
@@ -433,7 +445,7 @@ class MemoryConditionedDecoder(nn.Module):
                 cache=inputs.cache,
                 use_cache=True,
             ).last_hidden_state  # (B, T', H)
-            return self.fused_logits(hidden, z)
+            return self.fused_logits(hidden, z, self.copy_coverage(inputs.embeds, z, inputs.seen))
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),
@@ -484,8 +496,26 @@ class MemoryConditionedDecoder(nn.Module):
         with self._adapters(None):
             return body(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
 
-    def fused_logits(self, hidden: Tensor, z: Tensor) -> Tensor:
+    def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None) -> Tensor:
+        """How much of what the copy term points at the text already holds, at each position.
+
+        embeds (B, T, H) are the input embeddings of consecutive positions, z (B, C); past
+        (B, 1) is the value at the position before them. Returns (B, T, 1): the running maximum
+        over positions of the cosine between an input token's embedding and U z.
+        """
+        direction = self.memory_map(z.to(embeds.dtype))[:, None, :]  # (B, 1, H)
+        cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
+        run = torch.cummax(cos, dim=1).values
+        if past is not None:
+            run = torch.maximum(run, past.to(run))
+        return run.unsqueeze(-1)
+
+    def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
+
+        seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
+        holds the word it points at (no "Rome, Rome, Rome"); the full forward and generation
+        always pass it.
 
         logits = head(h + F([h; z])) + g([h; z]) * normalize_rows(W_out) @ (U z): a residual MLP
         on the hidden state plus a copy term that scores every token by the cosine between its
@@ -501,7 +531,11 @@ class MemoryConditionedDecoder(nn.Module):
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
         features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
         mixed = hidden + self.fusion_out(features)
-        copy = self.memory_map(z) * (2 * torch.sigmoid(self.copy_gate(features)))  # (..., H)
+        direction = self.memory_map(z)  # (..., H)
+        gate = self.copy_gate(features)  # (..., 1)
+        if seen is not None:
+            gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
+        copy = direction * (2 * torch.sigmoid(gate))
         weight = head.weight  # (V, H)
         logits = head(mixed) + (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)
         cap = getattr(self.text_config, "final_logit_softcapping", None)

@@ -207,26 +207,33 @@ class LarimarModel(nn.Module):
         return model
 
     @torch.no_grad()
-    def init_copy_path(self, latent_scale: float = 1.0, logit_scale: float = 150.0) -> None:
+    def init_copy_path(self, latent_scale: float = 1.0, logit_scale: float = 300.0) -> None:
         """Start the lexical channel and the late fusion as a copy path through the latent.
 
-        P (D, C') holds the top principal directions of the decoder's token embeddings
-        (C' = min(C, D)). The lexical head maps the last token's embedding e to latent_scale *
-        P^T e, the other token slots to 0, and the copy map U takes the latent back with P,
-        scaled so that ||U z|| is about `logit_scale` for an average token: the copy term then
-        adds up to that many logits to the tokens whose embeddings point the same way.
-        Before any training a latent read from memory then raises its last word's tokens;
-        training refines every part. Trained weights loaded later replace all of it.
+        The latent is split in two: its first k = min(C // 2, D) coordinates carry words, the
+        rest the sentence. P (D, k) holds the top principal directions of the decoder's token
+        embeddings. The lexical head maps the last token's embedding e to latent_scale * P^T e
+        (its other token slots start at 0); the sentence head copies the first C - k pooled
+        coordinates into the other half; and the copy map U reads only the word half back
+        with P, scaled so that ||U z|| is about `logit_scale` for an average token. The copy
+        term then raises the tokens whose embeddings point the way of the stored last word,
+        and nothing else. Training refines every part; trained weights loaded later replace it.
         """
         emb = self.decoder.decoder.get_input_embeddings().weight.float()  # (V, D)
         d, c = emb.shape[1], self.config.memory.code_size
-        k = min(c, d)
+        k = min(c // 2, d)
+        if k < 1:
+            raise ValueError(f"code size {c} is too small for a copy path")
         _, vectors = torch.linalg.eigh(emb.T @ emb)  # ascending eigenvalues
         basis = vectors[:, -k:].flip(1)  # (D, k), leading direction first
         energy = float((emb @ basis).square().sum(1).mean())  # mean ||P^T e||^2
-        head = self.encoder.lexical_head.weight  # (C, L * D)
-        head.zero_()
-        head[:k, -d:] = latent_scale * basis.T.to(head)
+        lexical = self.encoder.lexical_head.weight  # (C, L * D)
+        lexical.zero_()
+        lexical[:k, -d:] = latent_scale * basis.T.to(lexical)
+        sentence = self.encoder.head.weight  # (C, H)
+        sentence.zero_()
+        rest = min(c - k, sentence.shape[1])
+        sentence[k : k + rest, :rest] = torch.eye(rest, dtype=sentence.dtype, device=sentence.device)
         direct = self.decoder.memory_map.weight  # (D, C)
         direct.zero_()
         direct[:, :k] = (logit_scale / (latent_scale * energy**0.5)) * basis.to(direct)

@@ -305,7 +305,7 @@ class FusionTrainer:
         picks: dict[int, list[int]] = {}
         for s in torch.multinomial(lengths, f.batch_sentences, replacement=True, generator=gen).tolist():
             picks.setdefault(s, []).append(int(torch.randint(len(self.shards[s]), (1,), generator=gen)))
-        z_w, z_q, hid, tgt, owner = [], [], [], [], []
+        z_w, z_q, hid, tgt, inp, owner = [], [], [], [], [], []
         base = 0
         for s, rows in picks.items():
             shard = self.shards[s]
@@ -319,6 +319,7 @@ class FusionTrainer:
                 if start > 1 and f.extra_positions:
                     positions += torch.randint(0, start - 1, (f.extra_positions,), generator=gen).tolist()
                 hid.append(hidden[positions])
+                inp.append((ids, positions))
                 tgt.append(ids[[p + 1 for p in positions]])
                 owner += [base + j] * len(positions)
             base += len(rows)
@@ -327,9 +328,24 @@ class FusionTrainer:
         zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
         z_read = self.model.config.readout_scale * projection_readout(zw, zq).reshape(-1, c)  # (N, C)
         hidden = torch.cat(hid).float().to(device)  # (R, D)
-        logits = self.model.decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)])  # (R, V)
+        decoder = self.model.decoder
+        seen = self._coverage(inp, z_read)  # (R, 1)
+        logits = decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)], seen)  # (R, V)
         target = torch.cat(tgt).to(device)
         return F.cross_entropy(logits.float(), target), len(target)
+
+    def _coverage(self, rows: list[tuple[Tensor, list[int]]], z_read: Tensor) -> Tensor:
+        """Copy coverage (R, 1) at the scored positions of each sentence (see `copy_coverage`)."""
+        decoder = self.model.decoder
+        device = z_read.device
+        width = max(len(ids) for ids, _ in rows)
+        padded = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (ids, _) in enumerate(rows):
+            padded[i, : len(ids)] = ids
+            padded[i, len(ids) :] = ids[-1]  # repeats never lower a running maximum of what came before
+        embeds = decoder.decoder.get_input_embeddings()(padded.to(device))  # (N, T, D)
+        seen = decoder.copy_coverage(embeds, z_read)  # (N, T, 1)
+        return torch.cat([seen[i, positions] for i, (_, positions) in enumerate(rows)])
 
     # ------------------------------------------------------------------------- the loop
     def train(self, resume: bool = True) -> Any:
