@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
 from .data import split_last_word, swap_last_word
+from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +194,6 @@ class FusionTrainer:
 
     def __init__(self, config: Any, model: LarimarModel | None = None,
                  sentences: tuple[list[str], list[str]] | None = None) -> None:
-        from .trainer import load_corpus, lr_lambda
-
         if not config.uses_cached_states:
             raise ValueError('cached-state training needs conditioning mode "output", trainable "adapter" '
                              "and a frozen encoder body; use Trainer for other configurations")
@@ -227,40 +224,12 @@ class FusionTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write checkpoint-STEP/ atomically and prune old ones."""
-        from .trainer import STATE_FILE, WEIGHTS_FILE, _rng_state
-
-        folder = self.out / f"checkpoint-{self.step:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.trained_state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": _rng_state()}, tmp / "optim.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"step": self.step}))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        for old in sorted(self.out.glob("checkpoint-*[0-9]"))[: -self.config.loop.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
-
-    def latest_checkpoint(self) -> Path | None:
-        from .trainer import STATE_FILE
-
-        done = sorted(p for p in self.out.glob("checkpoint-*[0-9]") if (p / STATE_FILE).is_file())
-        return done[-1] if done else None
+        return write_checkpoint(self.out, {"step": self.step}, self.model, self.optimizer, self.scheduler,
+                                self.config.loop.keep_checkpoints)
 
     def resume(self, folder: Path) -> None:
         """Restore weights, optimiser, scheduler, RNG and step."""
-        from .trainer import STATE_FILE, WEIGHTS_FILE, _set_rng_state
-
-        self.model.load_trained(folder / WEIGHTS_FILE)
-        state = torch.load(folder / "optim.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        self.step = json.loads((folder / STATE_FILE).read_text())["step"]
-        logger.info("resumed from %s at step %d", folder, self.step)
+        self.step = read_checkpoint(folder, self.model, self.optimizer, self.scheduler)["step"]
 
     def validate(self) -> dict[str, float]:
         """Copy accuracy through the full model (E = 1 and E = 4) on held-out sentences."""
@@ -287,13 +256,12 @@ class FusionTrainer:
     def _latents(self, shard: CachedShard, rows: list[int], query: list[bool]) -> tuple[Tensor, Tensor]:
         enc = self.model.encoder
         device = enc.head.weight.device
-        idx = torch.tensor(rows)
+        idx, full = torch.tensor(rows), torch.tensor(query)[:, None]
         pw = shard.pooled_w[idx].float().to(device)
-        pq = torch.where(torch.tensor(query)[:, None], shard.pooled_w[idx], shard.pooled_q[idx]).float().to(device)
+        pq = torch.where(full, shard.pooled_w[idx], shard.pooled_q[idx]).float().to(device)
         if shard.lex_w is None:
             return enc.latent(pw), enc.latent(pq)
-        q = torch.tensor(query)[:, None]
-        lq = tuple(torch.where(q, a[idx], b[idx]) for a, b in zip(shard.lex_w, shard.lex_q))
+        lq = tuple(torch.where(full, a[idx], b[idx]) for a, b in zip(shard.lex_w, shard.lex_q))
         return enc.latent(pw, *(t[idx] for t in shard.lex_w)), enc.latent(pq, *lq)
 
     def batch_loss(self, gen: torch.Generator) -> tuple[Tensor, int]:
@@ -348,14 +316,12 @@ class FusionTrainer:
         return torch.cat([seen[i, positions] for i, (_, positions) in enumerate(rows)])
 
     # ------------------------------------------------------------------------- the loop
-    def train(self, resume: bool = True) -> Any:
+    def train(self, resume: bool = True) -> TrainResult:
         """Cache, then train until max_steps (or max_minutes), checkpointing and validating."""
-        from .trainer import TrainResult
-
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(self.out / "config.yaml")
-        latest = self.latest_checkpoint() if resume else None
+        latest = latest_checkpoint(self.out) if resume else None
         if latest is not None:
             self.resume(latest)
         self.prepare()
@@ -366,9 +332,7 @@ class FusionTrainer:
             if flush:
                 torch.set_flush_denormal(False)
 
-    def _loop(self) -> Any:
-        from .trainer import TrainResult
-
+    def _loop(self) -> TrainResult:
         cfg = self.config
         start, tokens, losses, validation = time.perf_counter(), 0, [], None
         bar = tqdm(total=cfg.loop.max_steps, initial=self.step, desc="train", dynamic_ncols=True)

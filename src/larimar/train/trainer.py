@@ -89,6 +89,44 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_checkpoint(out: Path, position: dict[str, int], model: LarimarModel, optimizer: Any,
+                     scheduler: Any, keep: int) -> Path:
+    """Write out/checkpoint-STEP/ atomically (trained weights, optimiser, scheduler, RNG and the
+    data position, whose "step" names the folder) and delete all but the newest `keep`."""
+    folder = out / f"checkpoint-{position['step']:07d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.trained_state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+               tmp / "optim.pt")
+    (tmp / STATE_FILE).write_text(json.dumps(position))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for old in sorted(out.glob("checkpoint-*[0-9]"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint in an output folder."""
+    done = sorted(p for p in out.glob("checkpoint-*[0-9]") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def read_checkpoint(folder: Path, model: LarimarModel, optimizer: Any, scheduler: Any) -> dict[str, int]:
+    """Restore weights, optimiser, scheduler and RNG from a checkpoint; returns its data position."""
+    model.load_trained(folder / WEIGHTS_FILE)
+    state = torch.load(folder / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    position = json.loads((folder / STATE_FILE).read_text())
+    logger.info("resumed from %s at step %d", folder, position["step"])
+    return position
+
+
 class Trainer:
     """Trains a LarimarModel on sentence episodes as described by a TrainConfig.
 
@@ -145,36 +183,20 @@ class Trainer:
         """Write checkpoint-STEP/ and prune old ones; returns its folder."""
         folder = self.out / f"checkpoint-{self.step:07d}"
         if self.accelerator.is_main_process:
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            tensors = {k: v.detach().contiguous().cpu() for k, v in self.core.trained_state_dict().items()}
-            save_file(tensors, str(tmp / WEIGHTS_FILE))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": _rng_state()}, tmp / "optim.pt")
-            (tmp / STATE_FILE).write_text(json.dumps({"step": self.step, "epoch": self.epoch, "index": self.index}))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-            for old in sorted(self.out.glob("checkpoint-*[0-9]"))[: -self.config.loop.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            position = {"step": self.step, "epoch": self.epoch, "index": self.index}
+            write_checkpoint(self.out, position, self.core, self.optimizer, self.scheduler,
+                             self.config.loop.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return folder
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint in the output folder."""
-        done = sorted(p for p in self.out.glob("checkpoint-*[0-9]") if (p / STATE_FILE).is_file())
-        return done[-1] if done else None
+        return latest_checkpoint(self.out)
 
     def resume(self, folder: Path) -> None:
         """Restore weights, optimiser, scheduler, RNG and data position from a checkpoint."""
-        self.core.load_trained(folder / WEIGHTS_FILE)
-        state = torch.load(folder / "optim.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        pos = json.loads((folder / STATE_FILE).read_text())
+        pos = read_checkpoint(folder, self.core, self.optimizer, self.scheduler)
         self.step, self.epoch, self.index = pos["step"], pos["epoch"], pos["index"]
-        logger.info("resumed from %s at step %d", folder, self.step)
 
     # ------------------------------------------------------------------------- validation
     def validate(self) -> dict[str, float]:
