@@ -316,7 +316,9 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
                         help="evaluation protocol")
     parser.add_argument("--editor", required=True, help="editor name: larimar, none, icl, ft, rome, grace, dummy")
     parser.add_argument("--data", type=Path, required=True, help="dataset file (CounterFact or zsRE JSON)")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N records")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N records (after --offset)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip the first K records (shards of one run; merge their cases.jsonl and resume)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/PROTOCOL-EDITOR)")
     parser.add_argument("--model", type=Path, default=None,
                         help="larimar: saved model folder (default built-in); other editors: decoder folder")
@@ -338,6 +340,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="leakage: sampling temperature")
     parser.add_argument("--stats-corpus", type=Path, default=Path("runs/corpus/train.jsonl"),
                         help="rome: sentences (JSONL) for its second-moment statistics, computed once and cached")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N or auto")
     parser.add_argument("--verbose", action="store_true", help="log progress details")
 
 
@@ -346,13 +349,13 @@ def _run_eval(args: argparse.Namespace) -> None:
 
     logging.getLogger("larimar").setLevel(logging.INFO if args.verbose else logging.WARNING)
     cfg = EvalConfig(
-        protocol=args.protocol, editor=args.editor, data=args.data, limit=args.limit, out=args.out,
+        protocol=args.protocol, editor=args.editor, data=args.data, limit=args.limit, offset=args.offset, out=args.out,
         model=args.model, scope_threshold=args.scope_threshold, write_paraphrases=args.write_paraphrases,
         strip_distractor=args.strip_distractor, zsre_target=args.zsre_target, seed=args.seed,
         max_new_tokens=args.max_new_tokens, sizes=args.sizes, checkpoints=args.checkpoints,
         max_eval=args.max_eval, n_forget=args.n_forget, rewrite_unknown=args.rewrite_unknown,
         n_known=args.n_known, known_by=args.known_by, n_samples=args.n_samples, temperature=args.temperature,
-        stats_corpus=args.stats_corpus,
+        stats_corpus=args.stats_corpus, device=args.device,
     )
     run_eval(cfg, track=tqdm_track)
     print(summary_markdown(cfg), end="")

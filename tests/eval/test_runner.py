@@ -126,3 +126,84 @@ def test_encoder_embedder_is_unit_norm() -> None:
     vectors = embed(["Paris is in France.", "The cat sat."])
     assert vectors.shape[0] == 2
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_device_option_is_checked(zsre_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from larimar.eval.runner import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="--device must be"):
+        resolve_device("gpu please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            EvalConfig("single", "dummy", zsre_file, device="cuda")
+        code, _, err = run(capsys, "eval", "single", "--editor", "dummy", "--data", str(zsre_file),
+                           "--device", "cuda:0")
+        assert code == 2 and "use --device cpu" in err
+
+
+def test_decoder_editors_load_on_the_chosen_device(tmp_path: Path) -> None:
+    _, decoder_dir = save_base_models(tmp_path)
+    cfg = EvalConfig("single", "none", tmp_path / "d.json", model=decoder_dir, device="cpu")
+    editor = build_editor(cfg)
+    assert next(editor.model.parameters()).device.type == "cpu"
+    assert cfg.to_json()["device"] == "cpu"
+
+
+def test_offset_shards_merge_into_one_resumed_run(zsre_file: Path, tmp_path: Path) -> None:
+    from larimar.eval.runner import load_eval_cases
+
+    whole = load_eval_cases(EvalConfig("single", "dummy", zsre_file, limit=10))
+    part = load_eval_cases(EvalConfig("single", "dummy", zsre_file, offset=4, limit=3))
+    assert [c.case_id for c in part] == [c.case_id for c in whole[4:7]]
+    with pytest.raises(ValueError, match="--offset must be"):
+        EvalConfig("single", "dummy", zsre_file, offset=-1)
+    with pytest.raises(ValueError, match="offset 20"):
+        run_eval(EvalConfig("single", "dummy", zsre_file, offset=20, out=tmp_path / "none"))
+    shards = [tmp_path / "a", tmp_path / "b"]
+    run_eval(EvalConfig("single", "dummy", zsre_file, limit=5, out=shards[0]))
+    run_eval(EvalConfig("single", "dummy", zsre_file, offset=5, limit=5, out=shards[1]))
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "cases.jsonl").write_text("".join((s / "cases.jsonl").read_text() for s in shards))
+
+    class Refuses(InContextEditor):
+        def edit(self, cases):  # every case is already done: the merged run must not edit
+            raise AssertionError("resumed run edited again")
+
+    summary = run_eval(EvalConfig("single", "dummy", zsre_file, limit=10, out=merged),
+                       editor=Refuses(model=torch.nn.Linear(1, 1), tokenizer=object()))
+    assert summary["n_cases"] == 10
+
+
+def test_icl_scope_uses_keys_and_views_when_the_embedder_has_them(tmp_path: Path) -> None:
+    from larimar.eval.datasets import EditCase
+
+    _, decoder_dir = save_base_models(tmp_path)
+
+    class TwoKeys:
+        def __call__(self, texts):  # plain embeddings would never match
+            return torch.tensor([[1.0, 0.0]] * len(texts))
+
+        def keys(self, facts):  # (F, 2, H): the second (head) key matches
+            return torch.tensor([[[0.0, 1.0], [1.0, 0.0]]] * len(facts))
+
+        def views(self, prompt):  # (V, H)
+            return torch.tensor([[0.0, -1.0], [1.0, 0.0]]) if "." in prompt else torch.tensor([[0.0, -1.0]])
+
+    editor = build_icl("icl", EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir,
+                                         scope_threshold=0.9), embed=TwoKeys())
+    editor.edit([EditCase("1", "Paris", "Paris is in", "Italy", "France")])
+    assert editor.in_scope(["Noise. Paris is in", "Paris is in"]) == [True, False]
+
+
+def test_encoder_embedder_gives_scope_keys_and_views() -> None:
+    try:
+        embed = encoder_embedder()
+    except AssetNotFoundError as err:
+        pytest.skip(str(err))
+    keys = embed.keys(["The Eiffel Tower is located in Rome."])
+    assert keys.shape == (1, 2, 384)
+    assert embed.views("A note. The Eiffel Tower is located in").shape == (2, 384)
+    assert embed.views("The Eiffel Tower is located in").shape == (1, 384)

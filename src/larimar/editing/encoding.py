@@ -5,40 +5,83 @@ Shapes: N texts, C code size (latent), H encoder hidden size (embedding).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.encoder import SentenceEncoder
+from ..model.encoder import SentenceEncoder, mean_pool
+from ..train.data import split_last_word
 
 MEMORY_DTYPE = torch.float64
 """Every memory computation runs in float64, whatever the model's dtype."""
 
 
 @torch.no_grad()
-def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
+def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int = 64,
+                 scope_keys: bool = False) -> tuple[Tensor, Tensor]:
     """Latents and L2-normalised embeddings of texts, from one pass of the encoder body.
 
     Equal to `encoder.encode(texts)` and `encoder.embed(texts)`, which would run the body twice.
+    With `scope_keys`, each text gets two embeddings for the scope detector: the whole text's,
+    and its head's (the mean of the same pass's token states over the text minus its last
+    word, e.g. "The Eiffel Tower is located in"), which is what a question about the fact
+    resembles, since it lacks the answer.
 
     Returns:
-        latents (N, C) and embeddings (N, H), both float64.
+        latents (N, C) and embeddings (N, H), or (N, 2, H) with `scope_keys`; float64.
     """
     was_training = encoder.training
     encoder.eval()
     latents, embeddings = [], []
     try:
         for start in range(0, len(texts), batch_size):
-            batch = encoder.tokenize(list(texts[start : start + batch_size]))
-            pooled = encoder.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
+            chunk = list(texts[start : start + batch_size])
+            batch = encoder.tokenize(chunk)
+            hidden = encoder.states(batch["input_ids"], batch["attention_mask"])  # (b, T, H)
+            pooled = encoder.pool_states(hidden, batch["attention_mask"])  # (b, H)
             latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"))
             latents.append(latent.to(MEMORY_DTYPE))  # (b, C)
-            embeddings.append(F.normalize(pooled.to(MEMORY_DTYPE), dim=-1))  # (b, H)
+            whole = F.normalize(pooled.to(MEMORY_DTYPE), dim=-1)  # (b, H)
+            if scope_keys:
+                head = mean_pool(hidden, head_mask(encoder, chunk, hidden.shape[1]).to(hidden.device))
+                head = F.normalize(head.to(MEMORY_DTYPE), dim=-1)
+                embeddings.append(torch.stack([whole, head], dim=1))  # (b, 2, H)
+            else:
+                embeddings.append(whole)
     finally:
         encoder.train(was_training)
     return torch.cat(latents), torch.cat(embeddings)
+
+
+def head_mask(encoder: SentenceEncoder, texts: Sequence[str], width: int) -> Tensor:
+    """(N, width) 1 on the encoder tokens of each text's head: its first special token and the
+    tokens before its last word. A one-word text keeps all its tokens (its head is itself)."""
+    enc = encoder.tokenizer(list(texts), padding="max_length", truncation=True, max_length=width,
+                            return_offsets_mapping=True, return_special_tokens_mask=True)
+    mask = torch.zeros(len(texts), width, dtype=torch.long)
+    for row, text in enumerate(texts):
+        head = split_last_word(text)[0]
+        special, offsets, attention = (enc["special_tokens_mask"][row], enc["offset_mapping"][row],
+                                       enc["attention_mask"][row])
+        keep = [i for i, (s, (_, stop), a) in enumerate(zip(special, offsets, attention))
+                if a and ((s and i == 0) or (not s and 0 < stop <= len(head)))]
+        if not head or len(keep) < 2:
+            keep = [i for i, a in enumerate(attention) if a]
+        mask[row, keep] = 1
+    return mask
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def query_views(prompt: str) -> list[str]:
+    """The texts a query is matched with: itself and, when it holds several sentences, its
+    last one (CounterFact-style paraphrases put an unrelated sentence first)."""
+    parts = [p for p in SENTENCE_END.split(prompt.strip()) if p.strip()]
+    return [prompt] if len(parts) < 2 else [prompt, parts[-1]]
 
 
 def encoder_tokens(encoder: SentenceEncoder, text: str) -> int:

@@ -2,9 +2,12 @@
 
 Symbols: C code size, n candidates.
 
-Scope (spec 5.1): the detector decides once per query, from the query alone. The query is in
-scope when the cosine similarity of its sentence embedding to the nearest written fact or
-paraphrase is at least the threshold; then the memory readout z_r = s * read(encode(query))
+Scope (spec 5.1): the detector decides once per query, from the query alone. Each written
+fact or paraphrase keeps two keys, the sentence embedding of the whole text and that of its
+head (the text minus its last word, which is what a question about it looks like); a query is
+matched as a whole and, when it holds several sentences, by its last sentence too. The query
+is in scope when the best cosine similarity between a key and a view is at least the
+threshold; then the memory readout z_r = s * read(encode(view)) of the best-matching view
 (s = `readout_scale`) conditions the decoder. Otherwise, and without a memory, the plain
 decoder answers: exactly the base model.
 
@@ -32,7 +35,7 @@ from torch import Tensor
 from ..model.larimar import CONFIG_FILE, LarimarModel
 from ..model.text import continuation_nll, generate
 from .easyedit import edit as easyedit_edit
-from .encoding import encode_texts
+from .encoding import encode_texts, query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
 from .longcontext import answer as answer_from_context
 from .memory import Memory
@@ -108,11 +111,12 @@ class Larimar:
         if memory is None or len(memory) == 0:
             return ScopeDecision(False, None, None, None)
         self._check_owner(memory)
-        latent, embedding = encode_texts(self.model.encoder, [prompt])  # (1, C), (1, H)
-        fact_id, similarity = memory.nearest(embedding[0])  # type: ignore[misc]
+        latents, views = encode_texts(self.model.encoder, query_views(prompt))  # (V, C), (V, H)
+        fact_id, similarity = memory.nearest(views)  # type: ignore[misc]
         if similarity < threshold:
             return ScopeDecision(False, fact_id, similarity, None)
-        z = self.model.config.readout_scale * memory.read(latent)  # (1, C) float64
+        best = int(memory.similarities(views).max(1).values.argmax())  # type: ignore[union-attr]
+        z = self.model.config.readout_scale * memory.read(latents[best : best + 1])  # (1, C) float64
         z = z.to(self.model.decoder.memory_map.weight.dtype)
         return ScopeDecision(True, fact_id, similarity, z)
 
@@ -166,13 +170,14 @@ class Larimar:
 
 
 def load(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-         scope_threshold: float | None = None) -> Larimar:
+         scope_threshold: float | None = None, device: str | torch.device = "cpu") -> Larimar:
     """Load a saved Larimar model (a `LarimarModel.save_pretrained` folder), offline.
 
     Args:
         path: the model folder; None loads the built-in model shipped in the package.
         dtype: dtype of the model weights (memory math is float64 regardless).
         scope_threshold: overrides the model's default scope threshold.
+        device: where the model runs ("cpu", "cuda", ...); memories follow the model.
 
     Raises:
         FileNotFoundError: no model at `path`, or the built-in model is not installed.
@@ -185,7 +190,7 @@ def load(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
             )
         path = BUILTIN_DIR
     logger.info("loading Larimar model from %s", path)
-    return Larimar(LarimarModel.from_pretrained(path, dtype=dtype), scope_threshold)
+    return Larimar(LarimarModel.from_pretrained(path, dtype=dtype).to(device), scope_threshold)
 
 
 def _threshold(value: float | None, default: float) -> float:

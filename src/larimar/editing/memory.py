@@ -58,7 +58,8 @@ class Items:
     keys: Tensor
     """(N, K) float64 write keys (needed to forget exactly)."""
     embeddings: Tensor
-    """(N, H) float64 unit sentence embeddings for the scope detector."""
+    """(N, S, H) float64 unit embeddings for the scope detector: S keys per item (the whole
+    text and its head; memories saved before heads existed load with S = 1)."""
     owners: list[str] = field(default_factory=list)
     """(N,) the fact id of each row."""
 
@@ -69,10 +70,18 @@ class Items:
 
     def extend(self, other: Items) -> Items:
         """These rows followed by `other`'s."""
+        keys = max(self.embeddings.shape[1], other.embeddings.shape[1])
         return Items(
             torch.cat([self.latents, other.latents]), torch.cat([self.keys, other.keys]),
-            torch.cat([self.embeddings, other.embeddings]), self.owners + other.owners,
+            torch.cat([_widen(self.embeddings, keys), _widen(other.embeddings, keys)]), self.owners + other.owners,
         )
+
+
+def _widen(embeddings: Tensor, keys: int) -> Tensor:
+    """(N, S, H) -> (N, keys, H), repeating the last key (an old item's whole-text key stands
+    in for the head key it never had)."""
+    extra = keys - embeddings.shape[1]
+    return embeddings if extra <= 0 else torch.cat([embeddings, embeddings[:, -1:].expand(-1, extra, -1)], 1)
 
 
 class Memory:
@@ -137,7 +146,7 @@ class Memory:
         ids = self._new_ids(len(facts))
         texts = [t for fact, group in zip(facts, groups) for t in (fact, *group)]
         owners = [i for i, group in zip(ids, groups) for _ in range(1 + len(group))]
-        latents, embeddings = encode_texts(self._model.encoder, texts)  # (N, C), (N, H)
+        latents, embeddings = encode_texts(self._model.encoder, texts, scope_keys=True)  # (N, C), (N, 2, H)
         keys = self._model.memory.address(latents[None])[0]  # (N, K)
         state = self._model.memory.update(self._state, latents[None], alpha=1.0, keys=keys[None])
         now = datetime.now(timezone.utc)
@@ -178,13 +187,23 @@ class Memory:
         return memory_keys(z_query.to(m), self._memory_pinv) @ m
 
     def nearest(self, embedding: Tensor) -> tuple[str, float] | None:
-        """The fact whose text or paraphrase is most similar to a unit embedding (H,), and the
-        cosine similarity; None when the memory is empty."""
+        """The fact whose text or paraphrase is most similar to a unit embedding (H,) or to
+        any of several views of one query (V, H), and the cosine similarity; None when the
+        memory is empty."""
+        scores = self.similarities(embedding)
+        if scores is None:
+            return None
+        best = int(scores.max(0).values.argmax())
+        return self._items.owners[best], float(scores[:, best].max())
+
+    def similarities(self, embedding: Tensor) -> Tensor | None:
+        """(V, N) best cosine similarity of each query view (V, H) (or (H,)) to each item, over
+        the item's scope keys; None when the memory is empty."""
         if not self._items.owners:
             return None
-        sims = self._items.embeddings @ embedding.to(self._items.embeddings)  # (N,)
-        best = int(sims.argmax())
-        return self._items.owners[best], float(sims[best])
+        keys = self._items.embeddings  # (N, S, H)
+        views = embedding.to(keys).reshape(-1, keys.shape[-1])  # (V, H)
+        return torch.einsum("nsh,vh->vns", keys, views).max(-1).values
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
@@ -204,7 +223,7 @@ class Memory:
     def _no_items(self) -> Items:
         m = self._state.memory
         hidden = self._model.encoder.hidden_size
-        return Items(m.new_zeros(0, m.shape[2]), m.new_zeros(0, m.shape[1]), m.new_zeros(0, hidden), [])
+        return Items(m.new_zeros(0, m.shape[2]), m.new_zeros(0, m.shape[1]), m.new_zeros(0, 2, hidden), [])
 
     def _new_ids(self, n: int) -> list[str]:
         ids: list[str] = []

@@ -2,7 +2,7 @@
 
 Tensors: the `MemoryState` ones (memory (1, K, C), gram_pinv and free (1, K, K)) under their
 usual names, so `MemoryState.load` reads the file, plus item_latents (N, C), item_keys (N, K)
-and item_embeddings (N, H), all float64. The JSON metadata holds the fact log and a
+and item_embeddings (N, S, H) (scope keys; (N, H) in older files), all float64. The JSON metadata holds the fact log and a
 fingerprint of the model that wrote the file.
 """
 
@@ -93,5 +93,8 @@ def load_memory(model: LarimarModel, path: Path) -> Memory:
             f"{model_fingerprint(model)}); load it with the model that wrote it, or write the facts again"
         )
     state = MemoryState(tensors["memory"], tensors["gram_pinv"], tensors["free"])
-    items = Items(tensors["item_latents"], tensors["item_keys"], tensors["item_embeddings"], list(log["owners"]))
+    embeddings = tensors["item_embeddings"]
+    if embeddings.ndim == 2:  # saved before the scope detector kept a head key per item
+        embeddings = embeddings[:, None, :]
+    items = Items(tensors["item_latents"], tensors["item_keys"], embeddings, list(log["owners"]))
     return Memory(model, state, items, [_fact(r) for r in log["facts"]])

@@ -221,6 +221,9 @@ class InContextEditor(UneditedEditor):
     Args:
         scope_threshold: cosine-similarity threshold, or ``None`` to always prepend.
         embed: ``embed(texts) -> (N, H)`` L2-normalised embeddings; required with a threshold.
+            If it also has ``keys(facts) -> (F, S, H)`` and ``views(prompt) -> (V, H)`` (as
+            :func:`larimar.eval.runner.encoder_embedder` does), the detector is Larimar's own:
+            several keys per fact, several views per query, best match over both.
         **kwargs: passed to :class:`UneditedEditor`.
     """
 
@@ -236,7 +239,7 @@ class InContextEditor(UneditedEditor):
         self.scope_threshold = scope_threshold
         self.embed = embed
         self.facts: dict[str, str] = {}
-        self._fact_emb: torch.Tensor | None = None  # (F, H)
+        self._fact_emb: torch.Tensor | None = None  # (F, S, H)
 
     def edit(self, cases: Sequence[EditCase]) -> None:
         self.facts.update({c.case_id: c.fact for c in cases})
@@ -257,10 +260,17 @@ class InContextEditor(UneditedEditor):
             return [False for _ in prompts]
         if self.scope_threshold is None or self.embed is None:
             return [True for _ in prompts]
+        keys_of = getattr(self.embed, "keys", None)
+        views_of = getattr(self.embed, "views", None)
         if self._fact_emb is None:
-            self._fact_emb = self.embed(list(self.facts.values()))  # (F, H)
-        sims = self.embed(list(prompts)) @ self._fact_emb.T  # (N, F)
-        return (sims.max(dim=-1).values >= self.scope_threshold).tolist()
+            facts = list(self.facts.values())
+            self._fact_emb = keys_of(facts) if keys_of else self.embed(facts)[:, None]  # (F, S, H)
+        out = []
+        for prompt in prompts:
+            views = views_of(prompt) if views_of else self.embed([prompt])  # (V, H)
+            sims = torch.einsum("fsh,vh->vfs", self._fact_emb, views.to(self._fact_emb))
+            out.append(bool(sims.max() >= self.scope_threshold))
+        return out
 
     def _context(self, prompts: Sequence[str]) -> list[str]:
         block = "".join(f"New fact: {fact}\n" for fact in self.facts.values())

@@ -52,11 +52,12 @@ class LarimarEditor(Editor):
         scope_threshold: float | None = None,
         write_paraphrases: bool = False,
         lm: Larimar | None = None,
+        device: str = "cpu",
     ) -> None:
         if lm is None:
             from larimar.editing import load
 
-            lm = load(model_path, scope_threshold=scope_threshold)
+            lm = load(model_path, scope_threshold=scope_threshold, device=device)
         elif scope_threshold is not None:
             lm.scope_threshold = float(scope_threshold)
         self.lm = lm

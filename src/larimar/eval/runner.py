@@ -41,7 +41,10 @@ class EvalConfig:
     data: Path
     """Dataset file (CounterFact / zsRE, any supported schema)."""
     limit: int | None = None
-    """Use the first `limit` records of the file."""
+    """Use the first `limit` records of the file (after `offset`)."""
+    offset: int = 0
+    """Skip this many records first: shards of one run (`--offset 500 --limit 500`) write
+    per-case records that a run over the whole range, pointed at the merged files, resumes."""
     out: Path | None = None
     """Results folder; default runs/eval/<protocol>-<editor>."""
     model: Path | None = None
@@ -80,6 +83,8 @@ class EvalConfig:
     """Leakage: sampling temperature."""
     stats_corpus: Path | None = None
     """ROME: sentences (corpus JSONL) for the second-moment statistics of its edited layer."""
+    device: str = "cpu"
+    """Where the editor's models run: "cpu", "cuda", "cuda:1", ... ("auto": cuda when available)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -88,9 +93,12 @@ class EvalConfig:
             raise ValueError(f"unknown editor {self.editor!r}; available: {available_editors()}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be positive; got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"--offset must be >= 0; got {self.offset}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be positive; got {self.max_new_tokens}")
         self.data, self.model = Path(self.data), None if self.model is None else Path(self.model)
+        self.device = resolve_device(self.device)
         self.out = self.out_dir
 
     @property
@@ -121,14 +129,32 @@ def register_builder(name: str) -> Callable[[EditorBuilder], EditorBuilder]:
     return decorate
 
 
+def resolve_device(name: str) -> str:
+    """A checked torch device name; "auto" is "cuda" when a GPU is visible, else "cpu"."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    return str(device)
+
+
 def _decoder_kwargs(cfg: EvalConfig) -> dict[str, Any]:
-    """``load_decoder`` for a decoder folder given with --model (HF-decoder editors)."""
-    if cfg.model is None:
+    """``load_decoder`` for --model (a decoder folder) and --device (HF-decoder editors)."""
+    if cfg.model is None and cfg.device == "cpu":
         return {}
     from larimar.model.assets import load_decoder
 
-    folder = cfg.model
-    return {"load_decoder": lambda: load_decoder(folder)}
+    folder, device = cfg.model or "default", cfg.device
+
+    def load() -> tuple[Any, Any]:
+        model, tokenizer = load_decoder(folder)
+        return model.to(device), tokenizer
+
+    return {"load_decoder": load}
 
 
 def default_builder(name: str, cfg: EvalConfig) -> Editor:
@@ -144,17 +170,33 @@ def default_builder(name: str, cfg: EvalConfig) -> Editor:
 
 def encoder_embedder() -> Embedder:
     """``embed(texts) -> (N, H)`` unit sentence embeddings from the project's default encoder
-    (all-MiniLM-L6-v2 through :class:`larimar.model.encoder.SentenceEncoder`)."""
+    (all-MiniLM-L6-v2 through :class:`larimar.model.encoder.SentenceEncoder`), with the
+    ``keys`` / ``views`` of Larimar's scope detector, so that in-context editing with a scope
+    threshold decides its scope exactly as the Larimar editor does."""
+    from larimar.editing.encoding import encode_texts, query_views
     from larimar.model.assets import load_default_encoder
     from larimar.model.encoder import SentenceEncoder
 
     body, tokenizer = load_default_encoder()
-    encoder = SentenceEncoder(body, tokenizer, trainable=False)
+    return ScopeEmbedder(SentenceEncoder(body, tokenizer, trainable=False), encode_texts, query_views)
 
-    def embed(texts: Sequence[str]) -> torch.Tensor:
-        return encoder.embed(list(texts))
 
-    return embed
+class ScopeEmbedder:
+    """Sentence embeddings plus the scope detector's fact keys and query views."""
+
+    def __init__(self, encoder: Any, encode_texts: Callable[..., Any], query_views: Callable[[str], list[str]]) -> None:
+        self.encoder, self._encode, self._views = encoder, encode_texts, query_views
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encoder.embed(list(texts))
+
+    def keys(self, facts: Sequence[str]) -> torch.Tensor:
+        """(F, 2, H): each fact's whole-text and head embeddings."""
+        return self._encode(self.encoder, list(facts), scope_keys=True)[1]
+
+    def views(self, prompt: str) -> torch.Tensor:
+        """(V, H): the prompt and, after a leading sentence, its last sentence."""
+        return self._encode(self.encoder, self._views(prompt))[1]
 
 
 @register_builder("icl")
@@ -170,7 +212,7 @@ def build_icl(name: str, cfg: EvalConfig, embed: Embedder | None = None) -> Edit
 def build_larimar(name: str, cfg: EvalConfig) -> Editor:
     """Larimar from --model (default built-in), --scope-threshold, --write-paraphrases."""
     return get_editor(name, model_path=cfg.model, scope_threshold=cfg.scope_threshold,
-                      write_paraphrases=cfg.write_paraphrases)
+                      write_paraphrases=cfg.write_paraphrases, device=cfg.device)
 
 
 @register_builder("rome")
@@ -250,8 +292,10 @@ def seed_everything(seed: int) -> None:
 
 def load_eval_cases(cfg: EvalConfig) -> list[EditCase]:
     """The dataset of ``cfg`` with its loader options."""
-    return load_cases(cfg.data, limit=cfg.limit, strip_distractor=cfg.strip_distractor,
-                      zsre_target=cfg.zsre_target)
+    limit = None if cfg.limit is None else cfg.offset + cfg.limit
+    cases = load_cases(cfg.data, limit=limit, strip_distractor=cfg.strip_distractor,
+                       zsre_target=cfg.zsre_target)
+    return cases[cfg.offset :]
 
 
 def tqdm_track(items: Iterable[Any], description: str, total: int | None) -> Iterable[Any]:
@@ -270,7 +314,7 @@ def run_eval(cfg: EvalConfig, editor: Editor | None = None,
     """
     cases = load_eval_cases(cfg)
     if not cases:
-        raise ValueError(f"{cfg.data} holds no cases (limit {cfg.limit})")
+        raise ValueError(f"{cfg.data} holds no cases (offset {cfg.offset}, limit {cfg.limit})")
     seed_everything(cfg.seed)
     editor = editor or build_editor(cfg)
     logger.info("eval %s: editor %s, %d cases -> %s", cfg.protocol, editor.name, len(cases), cfg.out_dir)

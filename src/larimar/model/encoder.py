@@ -50,6 +50,9 @@ class SentenceEncoder(nn.Module):
             survive into the latent, which a mean-pooled sentence embedding blurs.
         lexical_tokenizer: the tokenizer of `lexicon`.
         lexical_tokens: how many final tokens the lexical channel reads (0: no channel).
+        lexical_align: which token the channel's last slot holds: "end", the text's last token;
+            "word", the first token of the text's last word (the tokens after it are dropped),
+            which is the token a decoder has to produce first to say that word.
 
     The head is initialised to the identity when C == H, so that untrained latents equal the
     pooled sentence embeddings; otherwise with N(0, 1/H) entries, which keeps their norm.
@@ -66,6 +69,7 @@ class SentenceEncoder(nn.Module):
         lexicon: nn.Embedding | None = None,
         lexical_tokenizer: PreTrainedTokenizerBase | None = None,
         lexical_tokens: int = 0,
+        lexical_align: str = "end",
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -85,7 +89,10 @@ class SentenceEncoder(nn.Module):
         param = next(encoder.parameters(), None)
         if param is not None:
             self.head.to(device=param.device, dtype=param.dtype)
+        if lexical_align not in ("end", "word"):
+            raise ValueError(f"lexical_align must be 'end' or 'word'; got {lexical_align!r}")
         self.lexical_tokens = lexical_tokens
+        self.lexical_align = lexical_align
         self.lexical_head: nn.Linear | None = None
         self._lexicon: tuple[nn.Embedding, ...] = ()  # a tuple: not registered, not saved twice
         if lexical_tokens < 0:
@@ -130,10 +137,15 @@ class SentenceEncoder(nn.Module):
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled sentence states, without the head: (B, T), (B, T) -> (B, H)."""
+        return self.pool_states(self.states(input_ids, attention_mask), attention_mask)
+
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder body's last token states: (B, T), (B, T) -> (B, T, H)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask
-            ).last_hidden_state  # (B, T, H)
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def pool_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool token states (B, T, H) into sentence states (B, H) as `pooling` says."""
         if self.pooling == "cls":
             return hidden[:, 0]
         return mean_pool(hidden, attention_mask)
@@ -159,7 +171,9 @@ class SentenceEncoder(nn.Module):
         """The lexical channel's inputs: the last L tokens of each text, right-aligned.
 
         Trailing punctuation and spaces are dropped first, so "... in Rome." ends in " Rome".
-        Returns ids (N, L) (slot L-1 holds the last token) and a 0/1 mask (N, L).
+        With `lexical_align="word"` the tokens after the first token of the last word are
+        dropped too, so "... by Dodge" (" D", "odge") ends in " D".
+        Returns ids (N, L) (slot L-1 holds the last token kept) and a 0/1 mask (N, L).
         """
         n, width = len(texts), self.lexical_tokens
         ids = torch.zeros(n, width, dtype=torch.long)
@@ -168,11 +182,23 @@ class SentenceEncoder(nn.Module):
             end = len(text)
             while end > 0 and not text[end - 1].isalnum():
                 end -= 1
-            tokens = self.lexical_tokenizer(text[:end], add_special_tokens=False)["input_ids"][-width:]
+            tokens = self._lexical_tokens(text[:end])[-width:]
             if tokens:
                 ids[row, width - len(tokens) :] = torch.tensor(tokens)
                 mask[row, width - len(tokens) :] = 1
         return ids, mask
+
+    def _lexical_tokens(self, text: str) -> list[int]:
+        """Token ids of a text (trailing punctuation already dropped), cut as `lexical_align` says."""
+        if self.lexical_align == "end" or not text:
+            return self.lexical_tokenizer(text, add_special_tokens=False)["input_ids"]
+        start = text.rfind(" ") + 1  # first character of the last word
+        enc = self.lexical_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        tokens, offsets = enc["input_ids"], enc["offset_mapping"]
+        for i, (_, stop) in enumerate(offsets):
+            if stop > start:  # the first token that reaches into the last word
+                return tokens[: i + 1]
+        return tokens
 
     def tokenize(self, texts: list[str]) -> BatchEncoding:
         """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device."""

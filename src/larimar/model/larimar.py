@@ -49,6 +49,9 @@ class LarimarConfig:
     lexical_tokens: int = 0
     """Final tokens of each text that a lexical channel (the decoder's token embeddings, a
     linear head) adds to the latent; 0: the pooled sentence embedding alone."""
+    lexical_align: str = "end"
+    """Which token ends the lexical channel: "end" (the text's last token) or "word" (the
+    first token of its last word, the token a decoder must copy first)."""
     readout_scale: float = 1.0
     """Multiply the memory readout by this before decoding (arXiv 2407.16908 uses 3-4)."""
     scope_threshold: float = 0.7
@@ -197,6 +200,7 @@ class LarimarModel(nn.Module):
             trainable=config.encoder_trainable, max_length=config.encoder_max_length,
             lexicon=dec_model.get_input_embeddings() if config.lexical_tokens else None,
             lexical_tokenizer=dec_tok, lexical_tokens=config.lexical_tokens,
+            lexical_align=config.lexical_align,
         )
         decoder = MemoryConditionedDecoder(dec_model, config.conditioning)  # type: ignore[arg-type]
         if dec_tok.pad_token_id is None:
