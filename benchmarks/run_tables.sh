@@ -7,8 +7,11 @@
 # usage: benchmarks/run_tables.sh COUNTERFACT_JSON ZSRE_JSON OUT_DIR [DEVICE] [SECONDS]
 #   DEVICE   cpu, cuda or auto (default auto)
 #   SECONDS  wall-clock limit of each run (default: none); a run cut short keeps what it wrote
-# environment: N_CASES (single-fact cases, default 1000), N_EDITS (sequential edits, default
-#   1000), SINGLE / SEQUENTIAL (editor lists), SHARDS_<EDITOR> (processes per single-fact run),
+# environment: TABLES (which tables, default "single sequential"; also batch, forgetting,
+#   leakage), N_CASES (single-fact cases, default 1000), N_EDITS (sequential edits, default
+#   1000), SINGLE / SEQUENTIAL / OTHERS (editor lists), BATCH_SIZES, FORGET_SIZES,
+#   SHARDS_<EDITOR> (processes per single-fact run), MERGE_LIMIT (seconds for each merging run),
+#   ICL_SCOPE (threshold of the scoped in-context editor, default 0.66, the built-in model's),
 #   LARIMAR_MODEL (a saved model folder instead of the built-in one), STATS_CORPUS (ROME's
 #   sentence sample, default runs/corpus/train.jsonl), PYTHON.
 set -u
@@ -17,13 +20,19 @@ PY=${PYTHON:-python3}
 N_CASES=${N_CASES:-1000} N_EDITS=${N_EDITS:-1000}
 SINGLE=${SINGLE:-"none icl icl-scope ft rome grace larimar"}
 SEQUENTIAL=${SEQUENTIAL:-"none icl-scope ft rome grace larimar"}
+OTHERS=${OTHERS:-"none icl-scope ft rome grace larimar"}
+TABLES=${TABLES:-"single sequential"}
+BATCH_SIZES=${BATCH_SIZES:-1,16,64,256,1024} FORGET_SIZES=${FORGET_SIZES:-64,256}
+wants() { case " $TABLES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$OUT"
 
 run() {  # run NAME ARGS...: one `larimar eval` with its log, under the time limit
   local name=$1; shift
+  local limit=$LIMIT
+  case $name in *-merge) limit=${MERGE_LIMIT:-$LIMIT} ;; esac
   mkdir -p "$OUT/logs"
-  if [ "$LIMIT" -gt 0 ]; then
-    timeout "$LIMIT" "$PY" -m larimar.cli eval "$@" --device "$DEVICE" >"$OUT/logs/$name.log" 2>&1
+  if [ "$limit" -gt 0 ]; then
+    timeout "$limit" "$PY" -m larimar.cli eval "$@" --device "$DEVICE" >"$OUT/logs/$name.log" 2>&1
   else
     "$PY" -m larimar.cli eval "$@" --device "$DEVICE" >"$OUT/logs/$name.log" 2>&1
   fi
@@ -32,7 +41,7 @@ run() {  # run NAME ARGS...: one `larimar eval` with its log, under the time lim
 
 editor_args() {  # the editor options of a table row name
   case $1 in
-    icl-scope) echo "--editor icl --scope-threshold 0.7" ;;
+    icl-scope) echo "--editor icl --scope-threshold ${ICL_SCOPE:-0.66}" ;;
     larimar) echo "--editor larimar ${LARIMAR_MODEL:+--model $LARIMAR_MODEL}" ;;
     rome) echo "--editor rome ${STATS_CORPUS:+--stats-corpus $STATS_CORPUS}" ;;
     *) echo "--editor $1" ;;
@@ -44,6 +53,8 @@ shards_of() {
   echo "${!var:-1}"
 }
 
+wants single || SINGLE=""
+wants sequential || SEQUENTIAL=""
 for row in $SINGLE; do
   n=$(shards_of "$row"); size=$(( (N_CASES + n - 1) / n ))
   for ((i = 0; i < n; i++)); do
@@ -54,6 +65,14 @@ done
 for row in $SEQUENTIAL; do
   run "sequential-$row" sequential $(editor_args "$row") --data "$ZSRE" --limit "$N_EDITS" \
     --checkpoints 1,10,100,1000 --max-new-tokens 10 --out "$OUT/sequential-$row" &
+done
+for row in $OTHERS; do
+  wants batch && run "batch-$row" batch $(editor_args "$row") --data "$CF" --sizes "$BATCH_SIZES" \
+    --max-eval 64 --max-new-tokens 10 --out "$OUT/batch-$row" &
+  wants forgetting && run "forgetting-$row" forgetting $(editor_args "$row") --data "$CF" \
+    --sizes "$FORGET_SIZES" --n-forget 4 --max-eval 64 --max-new-tokens 10 --out "$OUT/forgetting-$row" &
+  wants leakage && run "leakage-$row" leakage $(editor_args "$row") --data "$CF" --n-known 20 \
+    --max-new-tokens 10 --out "$OUT/leakage-$row" &
 done
 wait
 
