@@ -3,6 +3,9 @@
 # decoder, data and machine. Single-fact CounterFact runs are split into shards (--offset /
 # --limit) that run side by side and are then merged by a resumed run over the whole range;
 # sequential zsRE runs one process per editor. Every run keeps its own log next to its results.
+# Processes on one GPU share it by time slices: in one run, 21 processes on one H200 made each
+# several times slower than 4 did (Larimar's median edit went from 18 ms to 266 ms), so keep
+# shards few and compare times only between runs that shared the machine the same way.
 #
 # usage: benchmarks/run_tables.sh COUNTERFACT_JSON ZSRE_JSON OUT_DIR [DEVICE] [SECONDS]
 #   DEVICE   cpu, cuda or auto (default auto)

@@ -155,3 +155,15 @@ def test_errors(tmp_path: Path) -> None:
         load_cases(write(tmp_path, [MEND], "m.json"), format="easyedit_cf")
     with pytest.raises(ValueError, match="unknown format 'csv'"):
         load_cases(write(tmp_path, [MEND], "m.json"), format="csv")  # type: ignore[arg-type]
+
+
+def test_empty_targets_and_locality_answers_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    empty_alt = {**MEND, "alt": " "}
+    empty_loc = {**MEND, "loc_ans": ""}
+    path = write(tmp_path, [MEND, empty_alt, empty_loc])
+    with caplog.at_level("WARNING", logger="larimar.eval.datasets"):
+        cases = load_cases(path)
+    assert [c.case_id for c in cases] == ["0", "2"]
+    assert "skipped 1 case(s) with an empty edit target (ids 1)" in caplog.text
+    assert cases[1].neighborhood_prompts == []  # nothing to keep without an answer
+    assert [c.case_id for c in load_cases(path, zsre_target="answers0")] == ["0", "1", "2"]

@@ -328,5 +328,18 @@ def load_cases(
                 f"{path}: record {i} lacks key {err} required by format {fmt!r} "
                 f"(expects {', '.join(SCHEMA_KEYS[fmt])})"
             ) from None
-    logger.info("loaded %d cases from %s (format %s)", len(cases), path, fmt)
-    return cases
+    return _usable(cases, path, fmt)
+
+
+def _usable(cases: list[EditCase], path: Path, fmt: str) -> list[EditCase]:
+    """Drop cases with an empty edit target and locality probes with an empty answer (a few
+    MEND zsRE records have ``alt == ""``): nothing can be scored against an empty string."""
+    kept = [c for c in cases if c.target_new.strip()]
+    if len(kept) < len(cases):
+        dropped = [c.case_id for c in cases if not c.target_new.strip()]
+        logger.warning("%s: skipped %d case(s) with an empty edit target (ids %s)", path, len(dropped),
+                       ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+    for case in kept:
+        case.neighborhood_prompts = [n for n in case.neighborhood_prompts if n.answer.strip()]
+    logger.info("loaded %d cases from %s (format %s)", len(kept), path, fmt)
+    return kept
