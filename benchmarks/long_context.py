@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fan-out", type=int, default=DEFAULT_FAN_OUT, help="recursive: items per memory")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="recursive: readouts kept per memory")
     p.add_argument("--score", choices=["similarity", "weight"], default="similarity", help="recursive: ranking")
-    p.add_argument("--readout", choices=["query", "best"], default="query", help="recursive: what is decoded")
+    p.add_argument("--readout", choices=["query", "best", "episode"], default="query", help="recursive: what is decoded")
     p.add_argument("--max-prompt-facts", type=int, default=None, help="in_prompt: skip contexts above this size")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

@@ -133,6 +133,18 @@ def test_query_readout_is_the_projection_onto_the_last_episode(memory: EpisodicM
     assert torch.allclose(result.z, projection, atol=1e-8)
 
 
+def test_episode_readout_reads_the_winner_alone(memory: EpisodicMemory) -> None:
+    z = unit_latents(40, seed=3)
+    query = z[17] + 0.05 * unit_latents(1, seed=9)[0]
+    result = recursive_search(memory, z, query, SearchConfig(fan_out=4, readout="episode"))
+    assert result.best == 17
+    # a one-item memory read with q gives the item scaled by its least-squares weight
+    expected = (query @ z[17]) / (z[17] @ z[17]) * z[17]
+    assert torch.allclose(result.z, expected, atol=1e-8)
+    with pytest.raises(ValueError, match="'episode'"):
+        SearchConfig(readout="nope")  # type: ignore[arg-type]
+
+
 def test_empty_latents_are_an_error(memory: EpisodicMemory) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         recursive_search(memory, torch.zeros(0, C, dtype=torch.float64), torch.zeros(C, dtype=torch.float64))

@@ -12,8 +12,9 @@ per memory), G = ceil(n_l / F) memories at level l, k = `keep` readouts passed u
               readout's least-squares weight on the item readout).
     repeat:   the G * k kept readouts are the items of the next level, until at most F remain.
     top:      they are written as one episode into a last memory, read with q, and the decoder
-              generates from the question conditioned on that readout ("query"), or on the
-              best item readout ("best").
+              generates from the question conditioned on that readout ("query"), on the
+              best item readout ("best"), or on the readout of a fresh episode that holds
+              only the sentence ranked first ("episode").
 
 With k = 1 there are exactly max(1, ceil(log_F n)) levels. With k < F every level strictly
 shrinks, so the search always terminates. Each level carries the index of the sentence each
@@ -43,7 +44,7 @@ from ..model.text import generate
 from .encoding import MEMORY_DTYPE, encode_texts
 
 Score = Literal["similarity", "weight"]
-Readout = Literal["query", "best"]
+Readout = Literal["query", "best", "episode"]
 
 DEFAULT_FAN_OUT = 16
 """Items per memory; chosen by measurement (retrieval, readout fidelity and time; see the report)."""
@@ -68,7 +69,9 @@ class SearchConfig:
     score: Score = "similarity"
     """How a memory ranks its item readouts against the question's readout."""
     readout: Readout = "query"
-    """What conditions the decoder: the top memory's readout of the question, or its best item."""
+    """What conditions the decoder: the top memory's readout of the question ("query"), its best
+    item readout ("best"), or the readout of a fresh one-sentence episode holding the sentence
+    the search ranked first, read with the question ("episode")."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.fan_out, int) or self.fan_out < 2:
@@ -77,8 +80,8 @@ class SearchConfig:
             raise ValueError(f"keep must be an integer in [1, fan_out - 1] = [1, {self.fan_out - 1}]; got {self.keep!r}")
         if self.score not in ("similarity", "weight"):
             raise ValueError(f"score must be 'similarity' or 'weight'; got {self.score!r}")
-        if self.readout not in ("query", "best"):
-            raise ValueError(f"readout must be 'query' or 'best'; got {self.readout!r}")
+        if self.readout not in ("query", "best", "episode"):
+            raise ValueError(f"readout must be 'query', 'best' or 'episode'; got {self.readout!r}")
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ def recursive_search(memory: EpisodicMemory, latents: Tensor, query: Tensor,
         levels.append(level)
     z, level = top_level(memory, items, origin, query, config)
     levels.append(level)
+    if config.readout == "episode":  # the winner alone in a fresh memory, read with the question
+        z = flat_read(memory, latents[level.best : level.best + 1], query)
     return SearchResult(z, level.best, tuple(levels))
 
 
