@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     Gemma3ForCausalLM,
@@ -172,6 +173,27 @@ def test_copy_term_scores_tokens_by_cosine() -> None:
     assert float(seen[0, 1, 0]) == pytest.approx(1.0) and float(seen[0, 2, 0]) == pytest.approx(1.0)
     after = model.fused_logits(hidden, z, seen[0, 2])[0].detach()
     assert float(after[target]) < 1e-3
+
+
+def test_relative_coverage_does_not_depend_on_how_clean_the_readout_is() -> None:
+    config = ConditioningConfig(code_size=CODE, **MODES["output"], copy_seen_relative=True, copy_seen_threshold=0.9)
+    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config)
+    table = model.decoder.get_input_embeddings().weight  # (V, H)
+    target, other = 17, 5
+    with torch.no_grad():
+        model.memory_map.weight.zero_()
+        # a "mixed" readout: the target's direction plus a lot of another token's
+        mixed = table[target] / table[target].norm() + 0.8 * table[other] / table[other].norm()
+        model.memory_map.weight[:, 0] = mixed
+    z = torch.zeros(1, CODE)
+    z[0, 0] = 1.0
+    best = F.cosine_similarity(table, mixed[None], dim=-1)
+    top = int(best.argmax())
+    seen = model.copy_coverage(table[[3, top]][None], z).detach()  # (1, 2, 1)
+    absolute = float(best[top])
+    assert absolute < 0.95  # an absolute threshold near 1 would miss the repeated word
+    assert float(seen[0, 1, 0]) == pytest.approx(1.0, abs=1e-5)  # relative: the copied token is 1.0
+    assert float(seen[0, 0, 0]) == pytest.approx(float(best[3]) / absolute, abs=1e-5)
 
 
 def test_fused_logits_need_output_mode() -> None:

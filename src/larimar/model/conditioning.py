@@ -75,6 +75,10 @@ class ConditioningConfig:
     copy_seen_threshold: float = 0.6
     """Mode "output": a text token whose embedding has a cosine above this with the copy
     direction counts as the copied word already present, and closes the copy gate."""
+    copy_seen_relative: bool = False
+    """Measure that cosine relative to the best cosine any vocabulary token reaches with the copy
+    direction (1.0 for the token the copy term points at), so the test does not depend on how
+    clean the readout is: a readout mixed from several facts lowers every absolute cosine."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
@@ -505,6 +509,10 @@ class MemoryConditionedDecoder(nn.Module):
         """
         direction = self.memory_map(z.to(embeds.dtype))[:, None, :]  # (B, 1, H)
         cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
+        if self.config.copy_seen_relative:
+            table = F.normalize(self.decoder.get_input_embeddings().weight.to(embeds.dtype), dim=-1)  # (V, H)
+            best = (table @ F.normalize(direction[:, 0], dim=-1).T).amax(0)  # (B,)
+            cos = cos / best.clamp_min(1e-6)[:, None]
         run = torch.cummax(cos, dim=1).values
         if past is not None:
             run = torch.maximum(run, past.to(run))
