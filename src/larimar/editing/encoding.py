@@ -74,6 +74,11 @@ def head_mask(encoder: SentenceEncoder, texts: Sequence[str], width: int) -> Ten
     return mask
 
 
+def scope_similarities(keys: Tensor, views: Tensor) -> Tensor:
+    """(V, N): for each query view (V, H), the best cosine to each item over its keys (N, S, H)."""
+    return torch.einsum("nsh,vh->vns", keys, views.to(keys)).amax(-1)
+
+
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 

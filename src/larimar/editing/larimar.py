@@ -112,11 +112,10 @@ class Larimar:
             return ScopeDecision(False, None, None, None)
         self._check_owner(memory)
         latents, views = encode_texts(self.model.encoder, query_views(prompt))  # (V, C), (V, H)
-        fact_id, similarity = memory.nearest(views)  # type: ignore[misc]
+        fact_id, similarity, view = memory.match(views)  # type: ignore[misc]
         if similarity < threshold:
             return ScopeDecision(False, fact_id, similarity, None)
-        best = int(memory.similarities(views).max(1).values.argmax())  # type: ignore[union-attr]
-        z = self.model.config.readout_scale * memory.read(latents[best : best + 1])  # (1, C) float64
+        z = self.model.config.readout_scale * memory.read(latents[view : view + 1])  # (1, C) float64
         z = z.to(self.model.decoder.memory_map.weight.dtype)
         return ScopeDecision(True, fact_id, similarity, z)
 

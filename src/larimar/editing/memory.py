@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..memory import MemoryState, memory_keys, pinv
 from ..model.larimar import LarimarModel
-from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens
+from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens, scope_similarities
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +190,17 @@ class Memory:
         """The fact whose text or paraphrase is most similar to a unit embedding (H,) or to
         any of several views of one query (V, H), and the cosine similarity; None when the
         memory is empty."""
+        found = self.match(embedding)
+        return None if found is None else found[:2]
+
+    def match(self, embedding: Tensor) -> tuple[str, float, int] | None:
+        """Like `nearest`, plus the index of the query view (row of a (V, H) input) that matched."""
         scores = self.similarities(embedding)
         if scores is None:
             return None
-        best = int(scores.max(0).values.argmax())
-        return self._items.owners[best], float(scores[:, best].max())
+        flat = int(scores.argmax())
+        view, item = divmod(flat, scores.shape[1])
+        return self._items.owners[item], float(scores[view, item]), view
 
     def similarities(self, embedding: Tensor) -> Tensor | None:
         """(V, N) best cosine similarity of each query view (V, H) (or (H,)) to each item, over
@@ -202,8 +208,7 @@ class Memory:
         if not self._items.owners:
             return None
         keys = self._items.embeddings  # (N, S, H)
-        views = embedding.to(keys).reshape(-1, keys.shape[-1])  # (V, H)
-        return torch.einsum("nsh,vh->vns", keys, views).max(-1).values
+        return scope_similarities(keys, embedding.reshape(-1, keys.shape[-1]))
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:

@@ -335,8 +335,8 @@ def _usable(cases: list[EditCase], path: Path, fmt: str) -> list[EditCase]:
     """Drop cases with an empty edit target and locality probes with an empty answer (a few
     MEND zsRE records have ``alt == ""``): nothing can be scored against an empty string."""
     kept = [c for c in cases if c.target_new.strip()]
-    if len(kept) < len(cases):
-        dropped = [c.case_id for c in cases if not c.target_new.strip()]
+    dropped = [c.case_id for c in cases if not c.target_new.strip()]
+    if dropped:
         logger.warning("%s: skipped %d case(s) with an empty edit target (ids %s)", path, len(dropped),
                        ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
     for case in kept:

@@ -260,6 +260,8 @@ class InContextEditor(UneditedEditor):
             return [False for _ in prompts]
         if self.scope_threshold is None or self.embed is None:
             return [True for _ in prompts]
+        from larimar.editing.encoding import scope_similarities
+
         keys_of = getattr(self.embed, "keys", None)
         views_of = getattr(self.embed, "views", None)
         if self._fact_emb is None:
@@ -268,8 +270,7 @@ class InContextEditor(UneditedEditor):
         out = []
         for prompt in prompts:
             views = views_of(prompt) if views_of else self.embed([prompt])  # (V, H)
-            sims = torch.einsum("fsh,vh->vfs", self._fact_emb, views.to(self._fact_emb))
-            out.append(bool(sims.max() >= self.scope_threshold))
+            out.append(bool(scope_similarities(self._fact_emb, views).max() >= self.scope_threshold))
         return out
 
     def _context(self, prompts: Sequence[str]) -> list[str]:

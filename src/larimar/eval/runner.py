@@ -173,30 +173,33 @@ def encoder_embedder() -> Embedder:
     (all-MiniLM-L6-v2 through :class:`larimar.model.encoder.SentenceEncoder`), with the
     ``keys`` / ``views`` of Larimar's scope detector, so that in-context editing with a scope
     threshold decides its scope exactly as the Larimar editor does."""
-    from larimar.editing.encoding import encode_texts, query_views
     from larimar.model.assets import load_default_encoder
     from larimar.model.encoder import SentenceEncoder
 
     body, tokenizer = load_default_encoder()
-    return ScopeEmbedder(SentenceEncoder(body, tokenizer, trainable=False), encode_texts, query_views)
+    return ScopeEmbedder(SentenceEncoder(body, tokenizer, trainable=False))
 
 
 class ScopeEmbedder:
     """Sentence embeddings plus the scope detector's fact keys and query views."""
 
-    def __init__(self, encoder: Any, encode_texts: Callable[..., Any], query_views: Callable[[str], list[str]]) -> None:
-        self.encoder, self._encode, self._views = encoder, encode_texts, query_views
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encoder.embed(list(texts))
 
     def keys(self, facts: Sequence[str]) -> torch.Tensor:
         """(F, 2, H): each fact's whole-text and head embeddings."""
-        return self._encode(self.encoder, list(facts), scope_keys=True)[1]
+        from larimar.editing.encoding import encode_texts
+
+        return encode_texts(self.encoder, list(facts), scope_keys=True)[1]
 
     def views(self, prompt: str) -> torch.Tensor:
         """(V, H): the prompt and, after a leading sentence, its last sentence."""
-        return self._encode(self.encoder, self._views(prompt))[1]
+        from larimar.editing.encoding import encode_texts, query_views
+
+        return encode_texts(self.encoder, query_views(prompt))[1]
 
 
 @register_builder("icl")
