@@ -8,11 +8,17 @@ question each (`larimar.eval.longcontext`), answers them with every method, and 
 contexts.jsonl, rows.jsonl, summary.json (with this run's settings), summary.md and recall.png
 into `--out`; prints the markdown table. The in-prompt baseline is skipped where the prompt does
 not fit the decoder's window, or above `--max-prompt-facts`.
+
+Rows are appended to rows.jsonl as they are scored: `--resume` continues an interrupted run in the
+same `--out` (same data and seed), skipping what it already answered. Methods or sizes can run as
+separate processes (shards) and be combined with `--merge DIR [DIR ...] --out DIR`, which only
+summarises their rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict
 import logging
 import platform
@@ -30,6 +36,8 @@ from larimar.eval.longcontext import (
     BenchConfig,
     load_contexts,
     make_contexts,
+    merge_rows,
+    read_rows,
     run_benchmark,
     save_contexts,
     summary_markdown,
@@ -59,8 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("runs/long-context"))
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --out and answer the rest")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="summarise the rows of these runs' folders into --out (runs nothing)")
     args = p.parse_args(argv)
-    if args.contexts is None and args.data is None:
+    if args.merge is None and args.contexts is None and args.data is None:
         p.error("pass --data (CounterFact train split) or --contexts (a saved contexts.jsonl)")
     return args
 
@@ -71,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.merge is not None:
+        rows = merge_rows(*(read_rows(d / "rows.jsonl") for d in args.merge))
+        meta = {"command": " ".join(["python", *sys.argv]), "merged": [str(d) for d in args.merge]}
+        paths = write_outputs(rows, args.out, meta)
+        print(summary_markdown(summarize(rows)), end="")
+        print(f"results in {args.out} ({', '.join(p.name for p in paths.values())})", file=sys.stderr)
+        return 0
     if args.contexts is not None:
         contexts = [c for c in load_contexts(args.contexts) if c.n in args.sizes]
     else:
@@ -80,7 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(search, args.max_new_tokens, args.max_prompt_facts)
     lm = larimar.load(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = run_benchmark(lm, contexts, methods, config, track=tqdm)
+    rows_path = args.out / "rows.jsonl"
+    earlier = read_rows(rows_path) if args.resume and rows_path.is_file() else []
+    wanted = {c.id: c for c in contexts}
+    for row in earlier:
+        c = wanted.get(row["id"])
+        if c is not None and c.question != row["question"]:
+            raise SystemExit(f"--resume: {rows_path} was written for other contexts (data or seed differ); "
+                             "use another --out or drop --resume")
+    with rows_path.open("w", encoding="utf-8") as sink:
+        sink.writelines(json.dumps(r) + "\n" for r in earlier)  # rewritten whole: drops a torn last line
+
+        def append(row: dict) -> None:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+
+        rows = earlier + run_benchmark(lm, contexts, methods, config, track=tqdm,
+                                       done={(r["id"], r["method"]) for r in earlier}, on_row=append)
     meta = {"command": " ".join(["python", *sys.argv]), "model": str(args.model or "built-in"),
             "data": str(args.contexts or args.data), "sizes": list(args.sizes), "questions": args.questions,
             "methods": methods, "search": asdict(search),

@@ -16,6 +16,8 @@ from larimar.eval.longcontext import (
     load_contexts,
     make_context,
     make_contexts,
+    merge_rows,
+    read_rows,
     run_benchmark,
     save_contexts,
     summarize,
@@ -44,8 +46,13 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> list:
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> larimar.Larimar:
-    return larimar.load(save_tiny_larimar(tmp_path_factory.mktemp("tiny-larimar")))
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_larimar(tmp_path_factory.mktemp("tiny-larimar"))
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_dir: Path) -> larimar.Larimar:
+    return larimar.load(tiny_dir)
 
 
 # ------------------------------------------------------------------------------- generator
@@ -113,3 +120,70 @@ def test_unknown_method_is_an_error(lm: larimar.Larimar, cases: list) -> None:
 
 def test_case_n() -> None:
     assert LongContextCase("x", ["a.", "b."], "a", "b", 0, 0).n == 2
+
+
+# ------------------------------------------------------------------------------- resume and merge
+def test_done_pairs_are_skipped_and_rows_streamed(lm: larimar.Larimar, cases: list) -> None:
+    contexts = make_contexts(cases, sizes=(2,), questions=2)
+    seen: list[dict] = []
+    rows = run_benchmark(lm, contexts, ["flat", "recursive"], BenchConfig(max_new_tokens=1),
+                         done={("n2-q0", "flat")}, on_row=seen.append)
+    assert [(r["id"], r["method"]) for r in rows] == [("n2-q0", "recursive"), ("n2-q1", "flat"), ("n2-q1", "recursive")]
+    assert seen == rows
+
+
+def test_read_rows_drops_a_torn_last_line_only(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a"}\n\n{"id": "b"}\n{"id": "c", "n')
+    assert [r["id"] for r in read_rows(path)] == ["a", "b"]
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_rows(path)
+    with pytest.raises(FileNotFoundError, match="run the benchmark"):
+        read_rows(tmp_path / "missing.jsonl")
+
+
+def test_merge_keeps_one_row_per_pair_and_rejects_other_contexts() -> None:
+    a = [{"id": "n2-q0", "method": "flat", "question": "q", "n": 2, "x": 1}]
+    b = [{"id": "n2-q0", "method": "flat", "question": "q", "n": 2, "x": 2},
+         {"id": "n2-q0", "method": "recursive", "question": "q", "n": 2, "x": 3}]
+    assert [r["x"] for r in merge_rows(a, b)] == [1, 3]
+    with pytest.raises(ValueError, match="disagree"):
+        merge_rows(a, [{**a[0], "question": "other"}])
+
+
+def _script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "long_context.py"
+    spec = importlib.util.spec_from_file_location("long_context_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_resumes_and_merges_shards(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps(records()))
+    script = _script()
+    common = ["--model", str(tiny_dir), "--data", str(data), "--sizes", "2,3", "--questions", "2",
+              "--max-new-tokens", "1", "--threads", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert script.main([*common, "--methods", "flat", "--out", str(a)]) == 0
+    # an interrupted shard: keep two rows and a torn third, then resume
+    script.main([*common, "--methods", "recursive", "--out", str(b)])
+    full = (b / "rows.jsonl").read_text().splitlines()
+    (b / "rows.jsonl").write_text("\n".join(full[:2]) + "\n" + full[2][:10])
+    assert script.main([*common, "--methods", "recursive", "--out", str(b), "--resume"]) == 0
+    resumed = read_rows(b / "rows.jsonl")
+    assert [r["id"] for r in resumed] == [json.loads(line)["id"] for line in full]
+    assert resumed[:2] == [json.loads(line) for line in full[:2]]
+    merged = tmp_path / "merged"
+    capsys.readouterr()
+    assert script.main(["--merge", str(a), str(b), "--out", str(merged)]) == 0
+    summary = json.loads((merged / "summary.json").read_text())
+    assert {(r["n"], r["method"]) for r in summary["rows"]} == {(n, m) for n in (2, 3) for m in ("flat", "recursive")}
+    assert "| 3 | recursive |" in capsys.readouterr().out
+    # resuming into a folder written from other contexts is refused
+    with pytest.raises(SystemExit, match="other contexts"):
+        script.main([*common, "--methods", "recursive", "--out", str(b), "--resume", "--seed", "1"])

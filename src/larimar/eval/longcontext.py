@@ -204,23 +204,70 @@ def score_case(case: LongContextCase, method: str, out: MethodOutput, seconds: f
 @torch.no_grad()
 def run_benchmark(lm: Larimar, contexts: Sequence[LongContextCase], methods: Sequence[str] = tuple(METHODS),
                   config: BenchConfig | None = None,
-                  track: Callable[[Iterable[Any]], Iterable[Any]] = lambda x: x) -> list[dict[str, Any]]:
+                  track: Callable[[Iterable[Any]], Iterable[Any]] = lambda x: x,
+                  done: Iterable[tuple[str, str]] = (),
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Answer every context with every method; one row per (context, method).
 
     Args:
         track: wraps the iteration (e.g. a progress bar).
+        done: (context id, method) pairs answered by an earlier run; skipped (resume).
+        on_row: called with each new row as soon as it is scored (e.g. to append it to a file).
+
+    Returns:
+        The new rows only.
     """
     config = config or BenchConfig()
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    skip = set(done)
     rows = []
     for case in track(contexts):
         for method in methods:
+            if (case.id, method) in skip:
+                continue
             start = time.perf_counter()
             out = METHODS[method](lm, case, config)
-            rows.append(score_case(case, method, out, time.perf_counter() - start))
+            row = score_case(case, method, out, time.perf_counter() - start)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by `write_outputs` or appended during a run (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no rows file at {path}; run the benchmark with --out pointing there first")
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # interrupted while writing the last row
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a JSON row") from None
+    return rows
+
+
+def merge_rows(*row_sets: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of several runs (shards by method or size) as one list; a (context, method) pair seen
+    twice must come from the same context and question, and the first row kept."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in row_sets:
+        for row in rows:
+            key = (row["id"], row["method"])
+            if key in merged:
+                if (merged[key]["question"], merged[key]["n"]) != (row["question"], row["n"]):
+                    raise ValueError(f"runs disagree on context {row['id']!r}: built with different data or seed")
+                continue
+            merged[key] = row
+    return list(merged.values())
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
