@@ -215,6 +215,8 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint-STEP folder of that run")
     parser.add_argument("--out", type=Path, required=True, help="folder for the loadable model")
     parser.add_argument("--readout-scale", type=float, default=None, help="override the model's readout_scale")
+    parser.add_argument("--sequence-size", type=int, default=0,
+                        help="add a sequence channel of this width (mode output; it has no trained weights)")
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -230,6 +232,10 @@ def _run_export(args: argparse.Namespace) -> None:
         if args.readout_scale <= 0:
             raise SystemExit("error: --readout-scale must be > 0")
         config.model.readout_scale = args.readout_scale
+    if args.sequence_size < 0:
+        raise SystemExit("error: --sequence-size must be >= 0")
+    if args.sequence_size:
+        config.model = config.model.with_sequence_channel(args.sequence_size)
     model = LarimarModel.from_config(config.model)
     model.load_trained(weights)
     model.save_pretrained(args.out)
@@ -276,7 +282,8 @@ def _run_copy(args: argparse.Namespace) -> None:
     sentences = load_sentences(args.corpus / HELDOUT_FILE)[: args.limit]
     copy = copy_accuracy(model, sentences, episode_size=args.episode_size)
     lexical = model.encoder.lexical if model.encoder.lexical_head is not None else None
-    collate = Collator(model.encoder.tokenizer, model.tokenizer, 16, 48, lexical=lexical)
+    sequence = model.encoder.sequence if model.encoder.sequence_size else None
+    collate = Collator(model.encoder.tokenizer, model.tokenizer, 16, 48, lexical=lexical, sequence=sequence)
     losses = heldout_losses(model, sentences, collate, 16)
     result = {"copy_accuracy": copy.with_memory, "copy_accuracy_without_memory": copy.without_memory,
               "sentences": copy.n, "episode_size": copy.episode_size, **losses}

@@ -231,3 +231,38 @@ def test_export_turns_a_checkpoint_into_a_loadable_model(tmp_path, capsys):
     assert model.config.readout_scale == 2.0
     with pytest.raises(SystemExit, match="checkpoint-STEP"):
         main(["export", "--config", str(cfg_path), "--checkpoint", str(tmp_path), "--out", str(out)])
+
+
+def test_export_can_add_a_sequence_channel(tmp_path):
+    from larimar.cli import main
+
+    enc_dir, dec_dir = tiny.save_base_models(tmp_path)
+    config = make_config(tmp_path, steps=2)
+    config.model.encoder, config.model.decoder = str(enc_dir), str(dec_dir)
+    config.loop.save_every = 2
+    trainer = FusionTrainer(config, sentences=(SENTENCES * 2, SENTENCES[:4]))
+    trainer.train()
+    ckpt, cfg_path = tmp_path / "run" / "checkpoint-0000002", tmp_path / "run" / "config.yaml"
+    out = tmp_path / "seq"
+    assert main(["export", "--config", str(cfg_path), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--sequence-size", "64"]) == 0
+    model = LarimarModel.from_pretrained(out)
+    assert model.config.memory.code_size == CODE + 64 and model.config.memory.key_size == CODE
+    # the trained weights are the run's; the prior's new value columns start at zero
+    prior = model.memory.prior.detach()
+    torch.testing.assert_close(prior[:, :CODE], trainer.model.memory.prior.detach())
+    assert prior[:, CODE:].abs().sum() == 0
+    z = model.encode(["the cat sat on the mat."])
+    assert z.shape == (1, CODE + 64)
+    # the learned part of the latent is the run's own
+    torch.testing.assert_close(z[:, :CODE], trainer.model.encode(["the cat sat on the mat."]))
+    with pytest.raises(SystemExit, match="sequence-size"):
+        main(["export", "--config", str(cfg_path), "--checkpoint", str(ckpt), "--out", str(out), "--sequence-size", "-1"])
+    with pytest.raises(ValueError, match="already has a sequence channel"):
+        model.config.with_sequence_channel(8)
+    # weights of another shape are refused with a clear message
+    LarimarModel.from_config(config.model.with_sequence_channel(32)).load_trained(ckpt / "trained.safetensors")
+    data = config.model.to_dict()
+    data["conditioning"]["fusion_hidden"] = 16
+    with pytest.raises(ValueError, match="another configuration"):
+        LarimarModel.from_config(LarimarConfig.from_dict(data)).load_trained(ckpt / "trained.safetensors")

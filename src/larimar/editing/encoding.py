@@ -42,7 +42,7 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
             batch = encoder.tokenize(chunk)
             hidden = encoder.states(batch["input_ids"], batch["attention_mask"])  # (b, T, H)
             pooled = encoder.pool_states(hidden, batch["attention_mask"])  # (b, H)
-            latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"))
+            latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"), batch.get("sequence"))
             latents.append(latent.to(MEMORY_DTYPE))  # (b, C)
             whole = F.normalize(pooled.to(MEMORY_DTYPE), dim=-1)  # (b, H)
             if scope_keys:

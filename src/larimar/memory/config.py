@@ -39,6 +39,10 @@ class MemoryConfig:
     """Initial standard deviation of the sampled reading weights (one learned value per slot)."""
     learn_prior: bool = True
     """Whether the prior memory M0 is a trainable parameter."""
+    key_size: int | None = None
+    """Only the first key_size coordinates of a latent address the memory (write keys and
+    reading weights); the rest are values that are stored and read back but never looked up
+    by. None: all C coordinates address."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -59,6 +63,8 @@ class MemoryConfig:
             raise ValueError(f"gaussian_width must be > 0; got {self.gaussian_width}")
         if self.rls_tol is not None and not 0.0 < self.rls_tol < 1.0:
             raise ValueError(f"rls_tol must be in (0, 1); got {self.rls_tol}")
+        if self.key_size is not None and not 1 <= self.key_size <= self.code_size:
+            raise ValueError(f"key_size must be in [1, code_size={self.code_size}] or None; got {self.key_size}")
         if self.read_std_init <= 0:
             raise ValueError(f"read_std_init must be > 0; got {self.read_std_init}")
 

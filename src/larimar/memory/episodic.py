@@ -73,10 +73,16 @@ class EpisodicMemory(nn.Module):
         return pinv(a, cfg.pinv, cfg.pinv_steps, cfg.pinv_rtol)
 
     def _prior_like(self, z: Tensor) -> Tensor:
-        return self.prior.to(device=z.device, dtype=z.dtype)  # (K, C)
+        return self._key(self.prior.to(device=z.device, dtype=z.dtype))  # (K, C_key)
+
+    def _key(self, z: Tensor) -> Tensor:
+        """The addressing part of latents or memory rows: the first key_size coordinates."""
+        k = self.config.key_size
+        return z if k is None or k == z.shape[-1] else z[..., :k]
 
     def reference_pinv(self, like: Tensor) -> Tensor:
-        """(C, K) pseudo-inverse of the prior, cached while the prior is not being trained."""
+        """(C_key, K) pseudo-inverse of the prior's addressing columns, cached while the prior
+        is not being trained."""
         ref = self._prior_like(like)
         if torch.is_grad_enabled() and self.prior.requires_grad:
             return self._pinv(ref)
@@ -137,14 +143,14 @@ class EpisodicMemory(nn.Module):
         """Write keys for `z` (B, E, C) from the fixed reference memory (the prior): (B, E, K)."""
         self._check(z)
         if self.config.addressing == "gaussian":
-            return gaussian_keys(z, self._prior_like(z), self.config.gaussian_width)
-        return reference_keys(z, self.reference_pinv(z))
+            return gaussian_keys(self._key(z), self._prior_like(z), self.config.gaussian_width)
+        return reference_keys(self._key(z), self.reference_pinv(z))
 
     def read_weights(self, state: MemoryState, z_query: Tensor) -> Tensor:
         """Reading weights from the current memory, W = Zq M^+: (B, Q, K)."""
         self._check(z_query, "queries", state.batch_size)
         self._check_state(state, z_query)
-        return memory_keys(z_query, self._pinv(state.memory))
+        return memory_keys(self._key(z_query), self._pinv(self._key(state.memory)))
 
     # ----------------------------------------------------------------------------- operations
     def empty(

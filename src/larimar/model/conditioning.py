@@ -30,6 +30,8 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
+from .sequence import START, previous_tokens
+
 ConditioningMode = Literal["kv", "prefix", "output"]
 TrainablePart = Literal["adapter", "lora", "full"]
 
@@ -79,6 +81,19 @@ class ConditioningConfig:
     """Measure that cosine relative to the best cosine any vocabulary token reaches with the copy
     direction (1.0 for the token the copy term points at), so the test does not depend on how
     clean the readout is: a readout mixed from several facts lowers every absolute cosine."""
+    sequence_size: int = 0
+    """Mode "output": width D of a sequence channel after the C coordinates of z (a successor
+    sketch, `larimar.model.sequence`; z is then C + D wide). 0: none."""
+    sequence_weight: float = 10.0
+    """Logit added to a token whose successor score is 1 (scores above the threshold are
+    rescaled linearly: weight * (score - threshold) / (1 - threshold))."""
+    sequence_threshold: float = 0.3
+    """Successor scores below this add nothing (they are the sketch's noise)."""
+    sequence_confidence: float = 0.6
+    """Where the best successor score exceeds this while the token the copy term points at
+    scores below `sequence_threshold` (the text goes on with something else), the copy term is
+    off at that position. This keeps the stored last word from
+    being pushed at every position of a sentence that the sequence channel already spells out."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
@@ -91,6 +106,13 @@ class ConditioningConfig:
             )
         if self.fusion_hidden <= 0:
             raise ValueError(f"fusion_hidden must be positive; got {self.fusion_hidden}")
+        if self.sequence_size < 0:
+            raise ValueError(f"sequence_size must be >= 0; got {self.sequence_size}")
+        if self.sequence_size and self.mode != "output":
+            raise ValueError('a sequence channel (sequence_size > 0) needs mode "output"')
+        if not 0.0 <= self.sequence_threshold < 1.0 or not 0.0 <= self.sequence_confidence < 1.0:
+            raise ValueError("sequence_threshold and sequence_confidence must be in [0, 1); got "
+                             f"{self.sequence_threshold}, {self.sequence_confidence}")
         if self.slots <= 0:
             raise ValueError(f"slots must be positive; got {self.slots}")
         if self.prefix_length <= 0:
@@ -151,6 +173,8 @@ class _DecoderInputs(NamedTuple):
     cache: DynamicCache
     memory: int  # M entries at the front that every position may attend to
     seen: Tensor | None = None  # (B, 1) mode "output": copy coverage of the earlier positions
+    tokens: Tensor | None = None  # (B, T') mode "output": the token ids of the new positions
+    previous: Tensor | None = None  # (B, T') mode "output": the token before each of them
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -233,7 +257,22 @@ class MemoryConditionedDecoder(nn.Module):
             self.offset_map = nn.Linear(config.code_size, self.shape.hidden, bias=False, **factory)
             nn.init.zeros_(self.offset_map.weight)
         self.decoder = _with_lora(decoder, config) if config.lora_rank else decoder
+        self.successors = None
+        if config.sequence_size:
+            from .sequence import SuccessorScorer
+
+            vocab = self.decoder.get_output_embeddings().weight.shape[0]
+            self.successors = SuccessorScorer(vocab, config.sequence_size)
         self.set_trainable(config.trainable)
+
+    @property
+    def z_size(self) -> int:
+        """Width of the readouts z this module takes: C, plus D with a sequence channel."""
+        return self.config.code_size + self.config.sequence_size
+
+    def _code(self, z: Tensor) -> Tensor:
+        """The C coordinates of z that the learned maps read (the sequence channel dropped)."""
+        return z[..., : self.config.code_size] if self.config.sequence_size else z
 
     def _memory_width(self) -> int:
         """Output width of the kv map (L * kinds * S * G * D) or the prefix map (P * H)."""
@@ -363,7 +402,7 @@ class MemoryConditionedDecoder(nn.Module):
 
     def _check_z(self, z: Tensor, input_ids: Tensor) -> Tensor:
         """Validate z (B, C) against the code size and the batch; cast it to the maps' dtype."""
-        size = self.config.code_size
+        size = self.z_size
         if z.ndim != 2 or z.shape[1] != size:
             raise ValueError(
                 f"z must have shape (batch, {size}) for code size {size}; got {tuple(z.shape)}"
@@ -385,14 +424,15 @@ class MemoryConditionedDecoder(nn.Module):
         embeds = self.decoder.get_input_embeddings()(input_ids)
         if z is None or self.offset_map is None:
             return embeds
-        return embeds + self.offset_map(z)[:, None, :]  # (B, 1, H) broadcast over T
+        return embeds + self.offset_map(self._code(z))[:, None, :]  # (B, 1, H) broadcast over T
 
     def _prepare(self, input_ids: Tensor, mask: Tensor, z: Tensor | None) -> _DecoderInputs:
         """The first decoder call for input_ids (B, T) and mask (B, T), with the memory of z."""
         embeds = self._embed(input_ids, z)
         if z is None or self.config.mode == "output":
             cache = DynamicCache(config=self.text_config)
-            return _DecoderInputs(embeds, mask, _positions(mask), cache, memory=0)
+            return _DecoderInputs(embeds, mask, _positions(mask), cache, memory=0, tokens=input_ids,
+                                  previous=previous_tokens(input_ids, mask))
         if self.config.mode == "kv":
             return self._prepare_kv(embeds, mask, z)
         return self._prepare_prefix(embeds, mask, z)
@@ -433,6 +473,8 @@ class MemoryConditionedDecoder(nn.Module):
             seen = self.copy_coverage(inputs.embeds, z, inputs.seen)[:, -1]  # (B, 1)
         return inputs._replace(
             seen=seen,
+            tokens=token[:, None],
+            previous=inputs.tokens[:, -1:] if inputs.tokens is not None else None,
             embeds=self._embed(token[:, None], z),  # (B, 1, H)
             mask=torch.cat([inputs.mask, ones], 1),
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
@@ -449,7 +491,8 @@ class MemoryConditionedDecoder(nn.Module):
                 cache=inputs.cache,
                 use_cache=True,
             ).last_hidden_state  # (B, T', H)
-            return self.fused_logits(hidden, z, self.copy_coverage(inputs.embeds, z, inputs.seen))
+            seen = self.copy_coverage(inputs.embeds, z, inputs.seen)
+            return self.fused_logits(hidden, z, seen, inputs.tokens, inputs.previous)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),
@@ -507,7 +550,7 @@ class MemoryConditionedDecoder(nn.Module):
         (B, 1) is the value at the position before them. Returns (B, T, 1): the running maximum
         over positions of the cosine between an input token's embedding and U z.
         """
-        direction = self.memory_map(z.to(embeds.dtype))[:, None, :]  # (B, 1, H)
+        direction = self.memory_map(self._code(z).to(embeds.dtype))[:, None, :]  # (B, 1, H)
         cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
         if self.config.copy_seen_relative:
             table = F.normalize(self.decoder.get_input_embeddings().weight.to(embeds.dtype), dim=-1)  # (V, H)
@@ -518,7 +561,8 @@ class MemoryConditionedDecoder(nn.Module):
             run = torch.maximum(run, past.to(run))
         return run.unsqueeze(-1)
 
-    def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None) -> Tensor:
+    def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
+                     tokens: Tensor | None = None, previous: Tensor | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -530,6 +574,11 @@ class MemoryConditionedDecoder(nn.Module):
         output embedding and the vector U z (so frequent, long embeddings do not win by norm),
         with a gate g in (0, 2), computed from the MLP's hidden features, that lets each position
         decide how much to copy.
+
+        With a sequence channel and `tokens` (...), the ids whose next token is being predicted,
+        and `previous` (...), the ids before them (START where unknown), each token also gets weight * relu(s - t) / (1 - t) for its successor score s under
+        the readout's sketch (threshold t), and the copy term is off where the sketch confidently
+        continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -537,6 +586,7 @@ class MemoryConditionedDecoder(nn.Module):
         z = z.to(hidden.dtype)
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
+        z, sketch = self._code(z), z[..., self.config.code_size :]
         features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
         mixed = hidden + self.fusion_out(features)
         direction = self.memory_map(z)  # (..., H)
@@ -545,7 +595,19 @@ class MemoryConditionedDecoder(nn.Module):
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
         copy = direction * (2 * torch.sigmoid(gate))
         weight = head.weight  # (V, H)
-        logits = head(mixed) + (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)
+        copied = (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)  # (..., V)
+        logits = head(mixed)
+        if self.successors is not None and tokens is not None:
+            cfg = self.config
+            if previous is None:
+                previous = torch.full_like(tokens, START)
+            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device))  # (..., V)
+            logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
+                1 - cfg.sequence_threshold)
+            pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token
+            yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
+            copied = copied.masked_fill(yields, 0.0)
+        logits = logits + copied
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

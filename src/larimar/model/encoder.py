@@ -53,6 +53,10 @@ class SentenceEncoder(nn.Module):
         lexical_align: which token the channel's last slot holds: "end", the text's last token;
             "word", the first token of the text's last word (the tokens after it are dropped),
             which is the token a decoder has to produce first to say that word.
+        sequence_size: width D of a sequence channel appended to the latent (0: none): the
+            successor sketch of the text's tokens under `lexical_tokenizer`, end-of-text token
+            included (`larimar.model.sequence`). It has no weights; the latent is then
+            code_size + D wide.
 
     The head is initialised to the identity when C == H, so that untrained latents equal the
     pooled sentence embeddings; otherwise with N(0, 1/H) entries, which keeps their norm.
@@ -70,6 +74,7 @@ class SentenceEncoder(nn.Module):
         lexical_tokenizer: PreTrainedTokenizerBase | None = None,
         lexical_tokens: int = 0,
         lexical_align: str = "end",
+        sequence_size: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -106,6 +111,13 @@ class SentenceEncoder(nn.Module):
             self.lexical_head = nn.Linear(width, code_size, bias=False)
             nn.init.normal_(self.lexical_head.weight, std=1.0 / math.sqrt(width))
             self.lexical_head.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
+        if sequence_size < 0:
+            raise ValueError(f"sequence_size must be >= 0; got {sequence_size}")
+        if sequence_size and lexical_tokenizer is None:
+            raise ValueError("sequence_size > 0 needs the decoder's tokenizer (lexical_tokenizer)")
+        self.sequence_size = sequence_size
+        if lexical_tokenizer is not None:
+            self.lexical_tokenizer = lexical_tokenizer
         self.trainable = trainable
         self.encoder.requires_grad_(trainable)
         if not trainable:
@@ -118,8 +130,13 @@ class SentenceEncoder(nn.Module):
 
     @property
     def code_size(self) -> int:
-        """C, the latent size."""
+        """C, the width of the learned part of the latent (the head's output)."""
         return self.head.out_features
+
+    @property
+    def latent_size(self) -> int:
+        """Width of a latent: C, plus D with a sequence channel."""
+        return self.code_size + self.sequence_size
 
     def _init_head(self) -> None:
         with torch.no_grad():
@@ -151,21 +168,42 @@ class SentenceEncoder(nn.Module):
         return mean_pool(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                lexical_ids: torch.Tensor | None = None, lexical_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents z: (B, T), (B, T) [, (B, L), (B, L)] -> (B, C)."""
-        return self.latent(self.pool(input_ids, attention_mask), lexical_ids, lexical_mask)
+                lexical_ids: torch.Tensor | None = None, lexical_mask: torch.Tensor | None = None,
+                sequence: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents z: (B, T), (B, T) [, (B, L), (B, L)] [, (B, D)] -> (B, latent_size)."""
+        return self.latent(self.pool(input_ids, attention_mask), lexical_ids, lexical_mask, sequence)
 
     def latent(self, pooled: torch.Tensor, lexical_ids: torch.Tensor | None = None,
-               lexical_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents from pooled states (B, H) and, with a lexical channel, its token ids (B, L)."""
+               lexical_mask: torch.Tensor | None = None, sequence: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, latent_size) from pooled states (B, H), with a lexical channel its token
+        ids (B, L) and mask, and with a sequence channel the texts' sketches (B, D) (see
+        `tokenize`, which returns all of them)."""
         z = self.head(pooled.to(self.head.weight.dtype))
-        if self.lexical_head is None:
-            return z
-        if lexical_ids is None or lexical_mask is None:
-            raise ValueError("this encoder has a lexical channel: pass lexical_ids and lexical_mask (see tokenize)")
-        embeds = self._lexicon[0](lexical_ids.to(self.head.weight.device))  # (B, L, D)
-        embeds = embeds * lexical_mask.to(embeds)[..., None]
-        return z + self.lexical_head(embeds.flatten(1).to(self.head.weight.dtype))
+        if self.lexical_head is not None:
+            if lexical_ids is None or lexical_mask is None:
+                raise ValueError("this encoder has a lexical channel: pass lexical_ids and lexical_mask (see tokenize)")
+            embeds = self._lexicon[0](lexical_ids.to(self.head.weight.device))  # (B, L, D)
+            embeds = embeds * lexical_mask.to(embeds)[..., None]
+            z = z + self.lexical_head(embeds.flatten(1).to(self.head.weight.dtype))
+        if self.sequence_size:
+            if sequence is None:
+                raise ValueError("this encoder has a sequence channel: pass sequence (see tokenize or sequence())")
+            if tuple(sequence.shape) != (z.shape[0], self.sequence_size):
+                raise ValueError(f"sequence must have shape ({z.shape[0]}, {self.sequence_size}); "
+                                 f"got {tuple(sequence.shape)}")
+            z = torch.cat([z, sequence.to(z)], -1)
+        return z
+
+    def sequence(self, texts: list[str]) -> torch.Tensor:
+        """Successor sketches (N, D) of texts' decoder tokens, end-of-text token included."""
+        from .sequence import successor_sketch
+
+        if not self.sequence_size:
+            raise ValueError("this encoder has no sequence channel (sequence_size = 0)")
+        tok = self.lexical_tokenizer
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + eos for t in texts]
+        return successor_sketch(ids, self.sequence_size)
 
     def lexical(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The lexical channel's inputs: the last L tokens of each text, right-aligned.
@@ -213,6 +251,8 @@ class SentenceEncoder(nn.Module):
         )
         if self.lexical_head is not None:
             batch["lexical_ids"], batch["lexical_mask"] = self.lexical(list(texts))
+        if self.sequence_size:
+            batch["sequence"] = self.sequence(list(texts))
         return batch.to(self.head.weight.device)
 
     @torch.no_grad()
@@ -232,7 +272,7 @@ class SentenceEncoder(nn.Module):
     def _batched(self, texts: list[str], batch_size: int, with_head: bool) -> torch.Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
-        width = self.code_size if with_head else self.hidden_size
+        width = self.latent_size if with_head else self.hidden_size
         weight = self.head.weight
         if len(texts) == 0:
             return weight.new_zeros(0, width)
@@ -243,8 +283,8 @@ class SentenceEncoder(nn.Module):
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenize(texts[start : start + batch_size])
                 pooled = self.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
-                chunks.append(self.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"))
-                              if with_head else pooled)
+                chunks.append(self.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"),
+                                          batch.get("sequence")) if with_head else pooled)
         finally:
             self.train(was_training)
         return torch.cat(chunks)  # (N, width)

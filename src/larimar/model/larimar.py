@@ -66,10 +66,17 @@ class LarimarConfig:
             self.conditioning = ConditioningConfig(**_tuples(self.conditioning))
         if self.conditioning is None:
             self.conditioning = ConditioningConfig(code_size=self.memory.code_size)
-        if self.conditioning.code_size != self.memory.code_size:
+        seq = self.conditioning.sequence_size
+        if self.conditioning.code_size + seq != self.memory.code_size:
             raise ValueError(
-                f"conditioning.code_size ({self.conditioning.code_size}) must equal "
-                f"memory.code_size ({self.memory.code_size})"
+                f"conditioning.code_size ({self.conditioning.code_size})"
+                + (f" + conditioning.sequence_size ({seq})" if seq else "")
+                + f" must equal memory.code_size ({self.memory.code_size})"
+            )
+        if seq and self.memory.key_size != self.conditioning.code_size:
+            raise ValueError(
+                f"with a sequence channel only the first {self.conditioning.code_size} coordinates may address "
+                f"the memory: set memory.key_size to {self.conditioning.code_size} (got {self.memory.key_size})"
             )
         if self.readout_scale <= 0:
             raise ValueError(f"readout_scale must be > 0; got {self.readout_scale}")
@@ -79,6 +86,21 @@ class LarimarConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view, for JSON."""
         return asdict(self)
+
+    def with_sequence_channel(self, size: int) -> LarimarConfig:
+        """A copy with a sequence channel of width `size` (mode "output" only; see
+        `larimar.model.sequence`): the memory grows by `size` value columns that never address
+        it. Weights trained without the channel load into the result (`load_trained`)."""
+        cond = self.conditioning
+        assert cond is not None
+        if cond.mode != "output":
+            raise ValueError('a sequence channel needs conditioning mode "output"')
+        if cond.sequence_size:
+            raise ValueError(f"this config already has a sequence channel of width {cond.sequence_size}")
+        data = self.to_dict()
+        data["memory"].update(code_size=cond.code_size + size, key_size=cond.code_size)
+        data["conditioning"]["sequence_size"] = size
+        return LarimarConfig.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LarimarConfig:
@@ -100,17 +122,20 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class TextBatch:
     """Tokenised texts: ids and mask (N, T), or pooled encoder states (N, H) from a frozen encoder,
-    and the lexical channel's ids and mask (N, L) when the encoder has one."""
+    the lexical channel's ids and mask (N, L) and the sequence channel's sketches (N, D) when
+    the encoder has them."""
 
     input_ids: Tensor | None = None
     attention_mask: Tensor | None = None
     pooled: Tensor | None = None
     lexical_ids: Tensor | None = None
     lexical_mask: Tensor | None = None
+    sequence: Tensor | None = None
 
     def to(self, device: torch.device | str) -> TextBatch:
         """Move every tensor."""
-        tensors = (self.input_ids, self.attention_mask, self.pooled, self.lexical_ids, self.lexical_mask)
+        tensors = (self.input_ids, self.attention_mask, self.pooled, self.lexical_ids, self.lexical_mask,
+                   self.sequence)
         return TextBatch(*(None if t is None else t.to(device) for t in tensors))
 
 
@@ -196,11 +221,11 @@ class LarimarModel(nn.Module):
     def from_modules(cls, config: LarimarConfig, enc_model: nn.Module, enc_tok: Any, dec_model: nn.Module, dec_tok: Any) -> LarimarModel:
         """Wrap already-loaded base models (e.g. tiny random ones in tests)."""
         encoder = SentenceEncoder(
-            enc_model, enc_tok, code_size=config.memory.code_size, pooling=config.pooling,  # type: ignore[arg-type]
+            enc_model, enc_tok, code_size=config.conditioning.code_size, pooling=config.pooling,  # type: ignore[union-attr]
             trainable=config.encoder_trainable, max_length=config.encoder_max_length,
             lexicon=dec_model.get_input_embeddings() if config.lexical_tokens else None,
             lexical_tokenizer=dec_tok, lexical_tokens=config.lexical_tokens,
-            lexical_align=config.lexical_align,
+            lexical_align=config.lexical_align, sequence_size=config.conditioning.sequence_size,  # type: ignore[union-attr]
         )
         decoder = MemoryConditionedDecoder(dec_model, config.conditioning)  # type: ignore[arg-type]
         if dec_tok.pad_token_id is None:
@@ -224,7 +249,7 @@ class LarimarModel(nn.Module):
         and nothing else. Training refines every part; trained weights loaded later replace it.
         """
         emb = self.decoder.decoder.get_input_embeddings().weight.float()  # (V, D)
-        d, c = emb.shape[1], self.config.memory.code_size
+        d, c = emb.shape[1], self.config.conditioning.code_size  # type: ignore[union-attr]
         k = min(c // 2, d)
         if k < 1:
             raise ValueError(f"code size {c} is too small for a copy path")
@@ -246,8 +271,9 @@ class LarimarModel(nn.Module):
     def latents(self, texts: TextBatch) -> Tensor:
         """Latents z (N, C) of tokenised texts, or of cached pooled states of a frozen encoder."""
         if texts.pooled is not None:
-            return self.encoder.latent(texts.pooled, texts.lexical_ids, texts.lexical_mask)
-        return self.encoder(texts.input_ids, texts.attention_mask, texts.lexical_ids, texts.lexical_mask)
+            return self.encoder.latent(texts.pooled, texts.lexical_ids, texts.lexical_mask, texts.sequence)
+        return self.encoder(texts.input_ids, texts.attention_mask, texts.lexical_ids, texts.lexical_mask,
+                            texts.sequence)
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> Tensor:
@@ -348,6 +374,14 @@ class LarimarModel(nn.Module):
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         own = self.state_dict()
+        prior = tensors.get("memory.prior")
+        key = self.config.memory.key_size
+        if prior is not None and key is not None and prior.shape[1] == key < own["memory.prior"].shape[1]:
+            # trained without a sequence channel: the value columns never address, start them at 0
+            tensors["memory.prior"] = torch.cat([prior, prior.new_zeros(prior.shape[0], own["memory.prior"].shape[1] - key)], 1)
         with torch.no_grad():
             for name, tensor in tensors.items():
+                if own[name].shape != tensor.shape:
+                    raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, this model's is "
+                                     f"{tuple(own[name].shape)}; the weights belong to another configuration")
                 own[name].copy_(tensor.to(own[name].dtype))

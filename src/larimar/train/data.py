@@ -187,11 +187,13 @@ class Collator:
         pooled_lookup: optional function texts -> (N, H) pooled states of a frozen encoder;
             when given, encoder inputs are passed as pooled states instead of token ids.
         lexical: the encoder's `lexical` method when it has a lexical channel, else None.
+        sequence: the encoder's `sequence` method when it has a sequence channel, else None.
     """
 
     def __init__(self, encoder_tokenizer: Any, decoder_tokenizer: Any, episode_size: int, max_tokens: int,
-                 pooled_lookup: Any = None, lexical: Any = None) -> None:
+                 pooled_lookup: Any = None, lexical: Any = None, sequence: Any = None) -> None:
         self.lexical = lexical
+        self.sequence = sequence
         self.enc = encoder_tokenizer
         self.dec = decoder_tokenizer
         self.episode_size = episode_size
@@ -200,10 +202,11 @@ class Collator:
 
     def _encoder_batch(self, texts: list[str]) -> TextBatch:
         lex_ids, lex_mask = self.lexical(texts) if self.lexical is not None else (None, None)
+        seq = self.sequence(texts) if self.sequence is not None else None
         if self.pooled_lookup is not None:
-            return TextBatch(pooled=self.pooled_lookup(texts), lexical_ids=lex_ids, lexical_mask=lex_mask)
+            return TextBatch(pooled=self.pooled_lookup(texts), lexical_ids=lex_ids, lexical_mask=lex_mask, sequence=seq)
         t = self.enc(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        return TextBatch(t["input_ids"], t["attention_mask"], lexical_ids=lex_ids, lexical_mask=lex_mask)
+        return TextBatch(t["input_ids"], t["attention_mask"], lexical_ids=lex_ids, lexical_mask=lex_mask, sequence=seq)
 
     def decoder_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded decoder ids (N, Td) ending in eos, and their mask."""

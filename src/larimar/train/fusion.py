@@ -38,6 +38,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
+from ..model.sequence import START
 from .data import split_last_word, swap_last_word
 from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
 
@@ -131,7 +132,7 @@ def build_cache(model: LarimarModel, sentences: list[str], folder: Path, shard_s
     return paths
 
 
-def projection_readout(z_written: Tensor, z_query: Tensor) -> Tensor:
+def projection_readout(z_written: Tensor, z_query: Tensor, key_size: int | None = None) -> Tensor:
     """The deterministic read of a fresh memory after a one-shot write, in closed form.
 
     Writing Z (B, E, C) with full-rank keys gives M = W0^+ Z; reading with W = Zq M^+ gives
@@ -140,15 +141,20 @@ def projection_readout(z_written: Tensor, z_query: Tensor) -> Tensor:
     matrix avoids the SVDs of K x C matrices, which would dominate a training step on CPU.
     (`tests/train/test_fusion.py` checks it against `EpisodicMemory.write` + `read`.)
 
+    With `key_size` (a memory addressed by the first key_size coordinates only) the
+    coefficients come from those coordinates, Zr = Zq_key Z_key^+ Z.
+
     Args:
         z_written: (B, E, C) written latents.
         z_query: (B, Q, C) queries.
+        key_size: the memory's key_size; None: all coordinates address.
 
     Returns:
         (B, Q, C) readouts.
     """
-    gram = z_written @ z_written.transpose(1, 2)  # (B, E, E)
-    coeff = z_query @ z_written.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True)  # (B, Q, E)
+    kw, kq = (z_written, z_query) if key_size is None else (z_written[..., :key_size], z_query[..., :key_size])
+    gram = kw @ kw.transpose(1, 2)  # (B, E, E)
+    coeff = kq @ kw.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True)  # (B, Q, E)
     return coeff @ z_written
 
 
@@ -160,6 +166,8 @@ class CachedShard:
     pooled_q: Tensor
     lex_w: tuple[Tensor, Tensor] | None
     lex_q: tuple[Tensor, Tensor] | None
+    seq_w: Tensor | None
+    seq_q: Tensor | None
     ids: list[Tensor]
     hidden: list[Tensor]
     answer: list[int]
@@ -173,9 +181,11 @@ def load_shard(path: Path, model: LarimarModel) -> CachedShard:
     data = torch.load(path, weights_only=False)
     enc = model.encoder
     lex = enc.lexical if enc.lexical_head is not None else None
+    seq = enc.sequence if enc.sequence_size else None
     return CachedShard(
         data["pooled_w"], data["pooled_q"],
         lex(data["written"]) if lex else None, lex(data["query"]) if lex else None,
+        seq(data["written"]) if seq else None, seq(data["query"]) if seq else None,
         data["ids"], data["hidden"], data["answer"],
     )
 
@@ -259,10 +269,13 @@ class FusionTrainer:
         idx, full = torch.tensor(rows), torch.tensor(query)[:, None]
         pw = shard.pooled_w[idx].float().to(device)
         pq = torch.where(full, shard.pooled_w[idx], shard.pooled_q[idx]).float().to(device)
+        sw = sq = None
+        if shard.seq_w is not None and shard.seq_q is not None:
+            sw, sq = shard.seq_w[idx], torch.where(full, shard.seq_w[idx], shard.seq_q[idx])
         if shard.lex_w is None:
-            return enc.latent(pw), enc.latent(pq)
+            return enc.latent(pw, sequence=sw), enc.latent(pq, sequence=sq)
         lq = tuple(torch.where(full, a[idx], b[idx]) for a, b in zip(shard.lex_w, shard.lex_q))
-        return enc.latent(pw, *(t[idx] for t in shard.lex_w)), enc.latent(pq, *lq)
+        return enc.latent(pw, *(t[idx] for t in shard.lex_w), sw), enc.latent(pq, *lq, sq)
 
     def batch_loss(self, gen: torch.Generator) -> tuple[Tensor, int]:
         """Loss of one random batch of episodes; returns it and the number of scored tokens."""
@@ -273,7 +286,7 @@ class FusionTrainer:
         picks: dict[int, list[int]] = {}
         for s in torch.multinomial(lengths, f.batch_sentences, replacement=True, generator=gen).tolist():
             picks.setdefault(s, []).append(int(torch.randint(len(self.shards[s]), (1,), generator=gen)))
-        z_w, z_q, hid, tgt, inp, owner = [], [], [], [], [], []
+        z_w, z_q, hid, tgt, inp, owner, cur, prev = [], [], [], [], [], [], [], []
         base = 0
         for s, rows in picks.items():
             shard = self.shards[s]
@@ -289,16 +302,20 @@ class FusionTrainer:
                 hid.append(hidden[positions])
                 inp.append((ids, positions))
                 tgt.append(ids[[p + 1 for p in positions]])
+                cur.append(ids[positions])
+                prev.append(torch.tensor([int(ids[p - 1]) if p > 0 else START for p in positions]))
                 owner += [base + j] * len(positions)
             base += len(rows)
         device = self.model.encoder.head.weight.device
-        c = self.model.config.memory.code_size
+        c = self.model.config.memory.code_size  # the whole latent, sequence channel included
         zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
-        z_read = self.model.config.readout_scale * projection_readout(zw, zq).reshape(-1, c)  # (N, C)
+        z_read = self.model.config.readout_scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)  # (N, C)
         hidden = torch.cat(hid).float().to(device)  # (R, D)
         decoder = self.model.decoder
         seen = self._coverage(inp, z_read)  # (R, 1)
-        logits = decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)], seen)  # (R, V)
+        tokens = torch.cat(cur).to(device)  # (R,) the token at each scored position
+        previous = torch.cat(prev).to(device)  # (R,) the token before it
+        logits = decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)], seen, tokens, previous)
         target = torch.cat(tgt).to(device)
         return F.cross_entropy(logits.float(), target), len(target)
 

@@ -154,9 +154,11 @@ class Trainer:
         lookup = PooledCache(enc) if config.loop.cache_frozen_encoder and not enc.trainable else None
         dcfg = config.data
         lexical = enc.lexical if enc.lexical_head is not None else None
-        self.collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens, lookup, lexical)
+        sequence = enc.sequence if enc.sequence_size else None
+        self.collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens, lookup, lexical,
+                                sequence)
         self.eval_collate = Collator(enc.tokenizer, self.model.tokenizer, dcfg.episode_size, dcfg.max_tokens,
-                                     lexical=lexical)
+                                     lexical=lexical, sequence=sequence)
         tok = self.model.tokenizer
         self.stream = EpisodeStream(self.train_sentences, dcfg, config.seed,
                                     length=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))

@@ -1,0 +1,127 @@
+"""The sequence channel: a text's token order as one fixed-width vector (a successor sketch).
+
+A memory readout that names only a sentence's meaning and its last word cannot say how the
+sentence goes word by word, so reconstructing a whole written sentence through memory was no
+better than not reading it. The sequence channel adds that: each decoder token v gets three
+pseudo-random sign vectors of width D, two keys a(v), b(v) in {-1, +1}^D and a code c(v) in
+{-1, +1}^D / sqrt(D), all derived from a fixed integer hash of (v, coordinate), so no table is
+stored or trained. A text t_1 ... t_n (followed by the decoder's end-of-text token, and preceded
+by a start marker t_0) becomes
+
+    s = sum_i a(t_{i-1}) * b(t_i) * c(t_{i+1})          (elementwise products; D numbers)
+
+a superposition of (two-token context, next token) triples. Unbinding with the current context
+(u', u) gives a(u') * b(u) * s = c(next) + noise, so the score c(v) . (a(u') * b(u) * s) is about
+1 for the token that followed that context in the written text (2 if it did twice) and about
+N(0, (n - 1) / D) for any other token. Two tokens of context, not one, keep repeated words
+("the", "and") from naming every word that ever followed them. The sketch is linear in its
+triples, so it goes through the memory's least-squares write and read like the rest of the
+latent: a readout that mixes facts mixes their continuations.
+
+Symbols: V vocabulary, D sketch width, n tokens in a text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+_KEY_SALT, _CODE_SALT, _PREVIOUS_SALT = 2, 1, 3
+START = -1
+"""The token id that stands before a text's first token (and wherever the context is unknown)."""
+
+
+def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
+    """Deterministic pseudo-random signs (..., dim) in {-1, +1} for integer ids (...).
+
+    The same (id, coordinate, salt) gives the same sign on every machine and torch version:
+    it is a 32-bit integer hash (multiply and xor-shift rounds) of the three numbers.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1; got {dim}")
+    x = ids.to(torch.int64)[..., None] * 73856093
+    x = x ^ (torch.arange(dim, dtype=torch.int64, device=ids.device) * 19349663)
+    x = (x ^ (salt * 83492791)) & _MASK32
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    return (1 - 2 * (x & 1)).to(torch.float32)
+
+
+def sequence_keys(previous: Tensor, ids: Tensor, dim: int) -> Tensor:
+    """Context keys a(u') * b(u) (..., D) in {-1, +1} of token ids u (...) after u' (...)."""
+    return hashed_signs(previous, dim, _PREVIOUS_SALT) * hashed_signs(ids, dim, _KEY_SALT)
+
+
+def sequence_codes(ids: Tensor, dim: int) -> Tensor:
+    """Codes c(v) (..., D) in {-1, +1} / sqrt(D) of token ids (...), so c(v) . c(v) = 1."""
+    return hashed_signs(ids, dim, _CODE_SALT) / dim**0.5
+
+
+def successor_sketch(token_lists: Sequence[Sequence[int]], dim: int) -> Tensor:
+    """Sketches (N, D) of N token sequences: the sum over positions i >= 1 of
+    a(t_{i-1}) * b(t_i) * c(t_{i+1}), with t_0 = START.
+
+    A sequence of fewer than two tokens has nothing to bind and gives zeros.
+    """
+    out = torch.zeros(len(token_lists), dim)
+    for row, tokens in enumerate(token_lists):
+        if len(tokens) < 2:
+            continue
+        ids = torch.as_tensor([START, *tokens], dtype=torch.int64)
+        out[row] = (sequence_keys(ids[:-2], ids[1:-1], dim) * sequence_codes(ids[2:], dim)).sum(0)
+    return out
+
+
+def previous_tokens(ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The token before each position of ids (B, T): START at the first position and after
+    padding (mask (B, T) 0), so left- and right-padded batches give the same contexts."""
+    prev = torch.cat([torch.full_like(ids[:, :1], START), ids[:, :-1]], 1)
+    if mask is not None:
+        before = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1)
+        prev = prev.masked_fill(before == 0, START)
+    return prev
+
+
+class SuccessorScorer:
+    """Scores every vocabulary token as the successor of the current token under a sketch.
+
+    The (V, D) sign table is built on first use per device (bfloat16: the signs are exact and
+    the scoring matmul is fastest on CPU) and reused.
+
+    Args:
+        vocab_size: V.
+        dim: D.
+    """
+
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        if vocab_size < 1 or dim < 1:
+            raise ValueError(f"vocab_size and dim must be >= 1; got {vocab_size}, {dim}")
+        self.vocab_size, self.dim = vocab_size, dim
+        self._tables: dict[torch.device, Tensor] = {}
+
+    def table(self, device: torch.device) -> Tensor:
+        """The (V, D) table of sign codes (unscaled) on `device`."""
+        if device not in self._tables:
+            ids = torch.arange(self.vocab_size, device=device)
+            rows = [hashed_signs(ids[i : i + 4096], self.dim, _CODE_SALT).to(torch.bfloat16)
+                    for i in range(0, self.vocab_size, 4096)]
+            self._tables[device] = torch.cat(rows)
+        return self._tables[device]
+
+    def scores(self, sketch: Tensor, tokens: Tensor, previous: Tensor) -> Tensor:
+        """Successor scores (..., V) for current tokens (...) after `previous` (...) under
+        sketches (..., D).
+
+        The token that followed this context in the written text scores about 1 (times the
+        readout's weight on that text); unrelated tokens about 0.
+        """
+        if sketch.shape[-1] != self.dim:
+            raise ValueError(f"sketch must have width {self.dim}; got {sketch.shape[-1]}")
+        keys = sequence_keys(previous.to(tokens.device), tokens, self.dim).to(sketch.device)
+        query = keys * sketch.float() / self.dim**0.5
+        table = self.table(sketch.device)
+        return (query.to(torch.bfloat16) @ table.T).float()

@@ -1,0 +1,241 @@
+"""The sequence channel: hashed successor sketches, key-only addressing and the decoder's use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from larimar.memory import EpisodicMemory, MemoryConfig
+from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
+from larimar.model.sequence import (
+    START,
+    SuccessorScorer,
+    hashed_signs,
+    previous_tokens,
+    sequence_codes,
+    successor_sketch,
+)
+from larimar.train.fusion import projection_readout
+from tests import tiny
+
+CODE, SEQ = 16, 512
+
+
+# ------------------------------------------------------------------------------ hashing and sketches
+def test_signs_are_deterministic_balanced_and_distinct_per_salt() -> None:
+    ids = torch.arange(200)
+    a, b = hashed_signs(ids, 256, 1), hashed_signs(ids, 256, 1)
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(a.mean())) < 0.02
+    assert not torch.equal(a, hashed_signs(ids, 256, 2))
+    # near-orthogonal codes: |c(u) . c(v)| ~ 1/sqrt(D) for u != v, 1 for u == v
+    codes = sequence_codes(ids, 1024)
+    gram = codes @ codes.T
+    torch.testing.assert_close(gram.diagonal(), torch.ones(200))
+    assert float((gram - torch.eye(200)).abs().max()) < 0.2
+    assert hashed_signs(torch.tensor([START]), 8, 3).abs().sum() == 8  # the start marker hashes too
+    with pytest.raises(ValueError, match="dim"):
+        hashed_signs(ids, 0, 1)
+
+
+def test_known_signs_do_not_change() -> None:
+    # the sketch of every stored memory depends on these exact values
+    assert hashed_signs(torch.tensor([0, 1, 49151]), 6, 1).tolist() == KNOWN_SIGNS
+
+
+KNOWN_SIGNS = [[-1.0, -1.0, 1.0, 1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]]
+
+
+def test_previous_tokens_start_at_text_and_after_padding() -> None:
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    assert previous_tokens(ids, mask).tolist() == [[START, 5, 6], [START, START, 8]]
+    assert previous_tokens(ids).tolist() == [[START, 5, 6], [START, 0, 8]]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 999), min_size=2, max_size=12, unique=True))
+def test_the_successor_of_each_context_scores_one(tokens: list[int]) -> None:
+    scorer = SuccessorScorer(1000, 2048)
+    sketch = successor_sketch([tokens], 2048)[0]
+    ids = torch.tensor(tokens)
+    prev = previous_tokens(ids[None])[0]
+    scores = scorer.scores(sketch.expand(len(tokens), -1), ids, prev)  # (n, V)
+    for i in range(len(tokens) - 1):
+        assert abs(float(scores[i, tokens[i + 1]]) - 1.0) < 0.35
+        assert int(scores[i].argmax()) == tokens[i + 1]
+    # the last token was followed by nothing: no score stands out
+    assert float(scores[-1].max()) < 0.6
+
+
+def test_two_tokens_of_context_separate_repeated_words() -> None:
+    # "a b c . x b d": after (a, b) comes c, after (x, b) comes d
+    a, b, c, dot, x, d = 10, 11, 12, 13, 14, 15
+    sketch = successor_sketch([[a, b, c, dot, x, b, d]], 2048)[0]
+    scorer = SuccessorScorer(100, 2048)
+    s = scorer.scores(sketch.expand(2, -1), torch.tensor([b, b]), torch.tensor([a, x]))
+    assert int(s[0].argmax()) == c and int(s[1].argmax()) == d
+    assert float(s[0, d]) < 0.35 and float(s[1, c]) < 0.35
+
+
+def test_short_texts_and_bad_widths() -> None:
+    assert successor_sketch([[7], []], 64).abs().sum() == 0
+    scorer = SuccessorScorer(50, 64)
+    with pytest.raises(ValueError, match="width 64"):
+        scorer.scores(torch.zeros(1, 32), torch.tensor([1]), torch.tensor([START]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        SuccessorScorer(0, 8)
+
+
+# ------------------------------------------------------------------------------ key-only addressing
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6))
+def test_key_size_addresses_with_the_key_columns_only(seed: int, e: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    k, c, key = 24, 14, 9
+    full = EpisodicMemory(MemoryConfig(slots=k, code_size=c, key_size=key)).double()
+    keys_only = EpisodicMemory(MemoryConfig(slots=k, code_size=key)).double()
+    with torch.no_grad():
+        full.prior.copy_(torch.randn(k, c, generator=gen, dtype=torch.float64))
+        keys_only.prior.copy_(full.prior[:, :key])
+    z = torch.randn(2, e, c, generator=gen, dtype=torch.float64)
+    other_values = torch.cat([z[..., :key], torch.randn(2, e, c - key, generator=gen, dtype=torch.float64)], -1)
+    # write keys ignore the value columns and equal those of a memory of the key columns alone
+    torch.testing.assert_close(full.address(z), full.address(other_values))
+    torch.testing.assert_close(full.address(z), keys_only.address(z[..., :key]))
+    state = full.write(z)
+    # reading with the key part alone (values zeroed) brings the whole latent back
+    query = torch.cat([z[..., :key], torch.zeros(2, e, c - key, dtype=torch.float64)], -1)
+    torch.testing.assert_close(full.read(state, query), z, rtol=1e-8, atol=1e-8)
+    # the closed-form readout used in training agrees
+    q = torch.randn(2, 3, c, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(projection_readout(z, q, key), full.read(state, q), rtol=1e-8, atol=1e-8)
+    # sequential writes and forgetting work the same way
+    seq = full.update(full.empty(2, dtype=torch.float64), z)
+    torch.testing.assert_close(full.read(seq, query), z, rtol=1e-7, atol=1e-7)
+    forgotten = full.update(seq, z[:, :1], alpha=-1.0)
+    if e > 1:
+        torch.testing.assert_close(full.read(forgotten, query[:, 1:]), z[:, 1:], rtol=1e-7, atol=1e-7)
+
+
+def test_key_size_equal_to_code_size_changes_nothing() -> None:
+    torch.manual_seed(0)
+    a = EpisodicMemory(MemoryConfig(slots=10, code_size=6)).double()
+    b = EpisodicMemory(MemoryConfig(slots=10, code_size=6, key_size=6)).double()
+    b.load_state_dict(a.state_dict())
+    z = torch.randn(1, 3, 6, dtype=torch.float64)
+    torch.testing.assert_close(a.read(a.write(z), z * 0.5), b.read(b.write(z), z * 0.5))
+
+
+@pytest.mark.parametrize("key_size", [0, 7])
+def test_bad_key_size_is_refused(key_size: int) -> None:
+    with pytest.raises(ValueError, match="key_size"):
+        MemoryConfig(slots=4, code_size=6, key_size=key_size)
+
+
+# ------------------------------------------------------------------------------ the model
+def seq_config(**conditioning) -> LarimarConfig:
+    return LarimarConfig(
+        memory=MemoryConfig(slots=12, code_size=CODE + SEQ, key_size=CODE),
+        conditioning=ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False, fusion_hidden=32,
+                                        sequence_size=SEQ, **conditioning),
+        lexical_tokens=4,
+    )
+
+
+def seq_model(**conditioning) -> LarimarModel:
+    torch.manual_seed(0)
+    enc_tok, dec_tok = tiny.bert_tokenizer(), tiny.bpe_tokenizer()
+    model = LarimarModel.from_modules(seq_config(**conditioning), tiny.bert(enc_tok), enc_tok,
+                                      tiny.llama(dec_tok), dec_tok)
+    model.init_copy_path(logit_scale=3.0)
+    return model.eval()
+
+
+def test_config_checks_the_widths() -> None:
+    with pytest.raises(ValueError, match="memory.code_size"):
+        LarimarConfig(memory=MemoryConfig(slots=4, code_size=CODE, key_size=CODE),
+                      conditioning=ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False,
+                                                      sequence_size=SEQ))
+    with pytest.raises(ValueError, match="key_size"):
+        LarimarConfig(memory=MemoryConfig(slots=4, code_size=CODE + SEQ),
+                      conditioning=ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False,
+                                                      sequence_size=SEQ))
+    with pytest.raises(ValueError, match='mode "output"'):
+        ConditioningConfig(code_size=CODE, sequence_size=SEQ)
+    with pytest.raises(ValueError, match="sequence_threshold"):
+        ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False, sequence_size=8,
+                           sequence_threshold=1.5)
+
+
+def test_latents_carry_the_sketch_of_the_text() -> None:
+    model = seq_model()
+    text = "the cat sat on the mat."
+    z = model.encode([text, "a dog"])
+    assert z.shape == (2, CODE + SEQ)
+    tok = model.tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    torch.testing.assert_close(z[0, CODE:], successor_sketch([ids], SEQ)[0])
+    enc = model.encoder
+    batch = enc.tokenize([text])
+    with pytest.raises(ValueError, match="sequence"):
+        enc.latent(enc.pool(batch["input_ids"], batch["attention_mask"]), batch["lexical_ids"], batch["lexical_mask"])
+
+
+def test_decoder_spells_the_written_text_from_the_readout() -> None:
+    """Write one sentence, read it back with itself, and decode from its first token: the
+    sequence channel alone (a tiny random decoder knows nothing) reproduces the sentence."""
+    model = seq_model(sequence_weight=60.0)
+    tok = model.tokenizer
+    text = "the cat sat on the mat."
+    z = model.encode([text])
+    state = model.memory.write(z[None])
+    read = model.memory.read(state, z[None])[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    out = model.decoder.generate(torch.tensor([ids[:1]]), z=read, max_new_tokens=len(ids) + 2,
+                                 eos_token_id=tok.eos_token_id)
+    assert out[0, : len(ids)].tolist() == ids
+    assert int(out[0, len(ids)]) == tok.eos_token_id  # and stops where the text ended
+    # the full forward agrees: teacher-forced, every next token is the top-1
+    logits = model.decoder(torch.tensor([ids]), z=read).logits[0]
+    assert logits[:-1].argmax(-1).tolist() == ids[1:]
+    # without the sketch (zeroed) the same decoder does not spell it
+    blank = read.clone()
+    blank[:, CODE:] = 0
+    assert model.decoder(torch.tensor([ids]), z=blank).logits[0, :-1].argmax(-1).tolist() != ids[1:]
+
+
+def test_copy_term_yields_where_the_text_goes_on_otherwise() -> None:
+    model = seq_model(sequence_weight=0.0)  # isolate the gate: no successor boost
+    dec = model.decoder
+    tok = model.tokenizer
+    text = "the cat sat on the mat."
+    z = model.encode([text])[0]
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    hidden = dec.final_hidden(ids[None])[0]  # (T, H)
+    zz = z[None].expand(len(ids), -1)
+    plain = dec.fused_logits(hidden, zz)  # no tokens: no sequence channel
+    gated = dec.fused_logits(hidden, zz, tokens=ids, previous=previous_tokens(ids[None])[0])
+    copied = (plain - dec.fused_logits(hidden, zz * torch.cat([torch.ones(CODE), torch.zeros(SEQ)])))
+    assert torch.allclose(copied, torch.zeros_like(copied))  # the sketch enters only through tokens
+    scores = dec.successors.scores(zz[:, CODE:], ids, previous_tokens(ids[None])[0])
+    head = dec._body_and_head()[1].weight
+    pointed = ((dec.memory_map(zz[:, :CODE]) @ head.T) / head.norm(dim=-1).clamp_min(1e-6)).argmax(-1)
+    changed = (gated - plain).abs().amax(-1) > 0
+    expected = (scores.amax(-1) > 0.6) & (scores.gather(-1, pointed[:, None])[:, 0] < 0.6)
+    assert changed.tolist() == expected.tolist() and expected.any()
+
+
+def test_sequence_model_round_trips(tmp_path) -> None:
+    folder = tmp_path / "m"
+    enc_dir, dec_dir = tiny.save_base_models(tmp_path / "base")
+    cfg = seq_config()
+    cfg.encoder, cfg.decoder = str(enc_dir), str(dec_dir)
+    saved = LarimarModel.from_config(cfg)
+    saved.save_pretrained(folder)
+    loaded = LarimarModel.from_pretrained(folder)
+    texts = ["the cat sat on the mat.", "a dog"]
+    torch.testing.assert_close(loaded.encode(texts), saved.encode(texts))
+    assert loaded.memory.config.key_size == CODE and loaded.decoder.z_size == CODE + SEQ
