@@ -83,12 +83,11 @@ class EpisodicMemory(nn.Module):
     def reference_pinv(self, like: Tensor) -> Tensor:
         """(C_key, K) pseudo-inverse of the prior's addressing columns, cached while the prior
         is not being trained."""
-        ref = self._prior_like(like)
         if torch.is_grad_enabled() and self.prior.requires_grad:
-            return self._pinv(ref)
-        key = (self.prior._version, self.prior.data_ptr(), ref.device, ref.dtype, self.config.pinv)
-        if self._ref_pinv_cache is None or self._ref_pinv_cache[0] != key:
-            self._ref_pinv_cache = (key, self._pinv(ref.detach()))
+            return self._pinv(self._prior_like(like))
+        key = (self.prior._version, self.prior.data_ptr(), like.device, like.dtype, self.config.pinv)
+        if self._ref_pinv_cache is None or self._ref_pinv_cache[0] != key:  # convert the prior only on a miss
+            self._ref_pinv_cache = (key, self._pinv(self._prior_like(like).detach()))
         return self._ref_pinv_cache[1]
 
     def _check(self, z: Tensor, name: str = "latents", batch: int | None = None) -> None:
