@@ -30,7 +30,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
-from .sequence import START, previous_tokens
+from .sequence import START, SuccessorScorer, previous_tokens
 
 ConditioningMode = Literal["kv", "prefix", "output"]
 TrainablePart = Literal["adapter", "lora", "full"]
@@ -92,8 +92,8 @@ class ConditioningConfig:
     sequence_confidence: float = 0.6
     """Where the best successor score exceeds this while the token the copy term points at
     scores below `sequence_threshold` (the text goes on with something else), the copy term is
-    off at that position. This keeps the stored last word from
-    being pushed at every position of a sentence that the sequence channel already spells out."""
+    off at that position. This keeps the stored last word from being pushed at every position
+    of a sentence that the sequence channel already spells out."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
@@ -259,8 +259,6 @@ class MemoryConditionedDecoder(nn.Module):
         self.decoder = _with_lora(decoder, config) if config.lora_rank else decoder
         self.successors = None
         if config.sequence_size:
-            from .sequence import SuccessorScorer
-
             vocab = self.decoder.get_output_embeddings().weight.shape[0]
             self.successors = SuccessorScorer(vocab, config.sequence_size)
         self.set_trainable(config.trainable)
@@ -576,8 +574,9 @@ class MemoryConditionedDecoder(nn.Module):
         decide how much to copy.
 
         With a sequence channel and `tokens` (...), the ids whose next token is being predicted,
-        and `previous` (...), the ids before them (START where unknown), each token also gets weight * relu(s - t) / (1 - t) for its successor score s under
-        the readout's sketch (threshold t), and the copy term is off where the sketch confidently
+        and `previous` (...), the ids before them (START where unknown), each token also gets
+        weight * relu(s - t) / (1 - t) for its successor score s under the readout's sketch
+        (threshold t), and the copy term is off where the sketch confidently
         continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:

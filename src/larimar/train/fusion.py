@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
-from ..model.sequence import START
+from ..model.sequence import previous_tokens
 from .data import split_last_word, swap_last_word
 from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
 
@@ -303,7 +303,7 @@ class FusionTrainer:
                 inp.append((ids, positions))
                 tgt.append(ids[[p + 1 for p in positions]])
                 cur.append(ids[positions])
-                prev.append(torch.tensor([int(ids[p - 1]) if p > 0 else START for p in positions]))
+                prev.append(previous_tokens(ids[None])[0, positions])
                 owner += [base + j] * len(positions)
             base += len(rows)
         device = self.model.encoder.head.weight.device
