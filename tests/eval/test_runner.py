@@ -13,7 +13,7 @@ import torch
 
 from larimar.cli import main
 from larimar.eval.editors import InContextEditor
-from larimar.eval.runner import EvalConfig, build_editor, build_icl, encoder_embedder, run_eval
+from larimar.eval.runner import EvalConfig, ScopeEmbedder, build_editor, build_icl, encoder_embedder, run_eval
 from larimar.model.assets import AssetNotFoundError
 from tests.tiny import save_base_models
 
@@ -115,12 +115,14 @@ def test_icl_builder_with_scope_threshold(tmp_path: Path) -> None:
     editor = build_icl("icl", cfg, embed=embed)
     assert isinstance(editor, InContextEditor) and editor.scope_threshold == 0.7
     plain = build_editor(EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir))
-    assert isinstance(plain, InContextEditor) and plain.embed is None
+    assert isinstance(plain, InContextEditor) and plain.scope_threshold is None
+    assert isinstance(plain.embed, ScopeEmbedder) and plain.embed._encoder is None  # loaded on first use
 
 
 def test_encoder_embedder_is_unit_norm() -> None:
+    embed = encoder_embedder()
     try:
-        embed = encoder_embedder()
+        embed.encoder  # the default encoder loads on first use
     except AssetNotFoundError as err:
         pytest.skip(str(err))
     vectors = embed(["Paris is in France.", "The cat sat."])
@@ -199,8 +201,9 @@ def test_icl_scope_uses_keys_and_views_when_the_embedder_has_them(tmp_path: Path
 
 
 def test_encoder_embedder_gives_scope_keys_and_views() -> None:
+    embed = encoder_embedder()
     try:
-        embed = encoder_embedder()
+        embed.encoder  # the default encoder loads on first use
     except AssetNotFoundError as err:
         pytest.skip(str(err))
     keys = embed.keys(["The Eiffel Tower is located in Rome."])

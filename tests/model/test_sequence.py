@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from larimar.memory import EpisodicMemory, MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
+from larimar.model.conditioning import _lead
 from larimar.model.sequence import (
     START,
     SuccessorScorer,
@@ -226,6 +227,38 @@ def test_copy_term_yields_where_the_text_goes_on_otherwise() -> None:
     changed = (gated - plain).abs().amax(-1) > 0
     expected = (scores.amax(-1) > 0.6) & (scores.gather(-1, pointed[:, None])[:, 0] < 0.6)
     assert changed.tolist() == expected.tolist() and expected.any()
+
+
+def test_sequence_lead_makes_a_confident_successor_win() -> None:
+    """With a weak boost the random decoder does not spell the sentence; with sequence_lead it
+    must, at every position, and stop where the written text stopped."""
+    text = "the cat sat on the mat."
+    for lead, spelled in ((None, False), (0.5, True)):
+        model = seq_model(sequence_weight=0.1, sequence_lead=lead)
+        tok = model.tokenizer
+        z = model.encode([text])
+        read = model.memory.read(model.memory.write(z[None]), z[None])[0]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        logits = model.decoder(torch.tensor([ids]), z=read).logits[0]
+        assert (logits[:-1].argmax(-1).tolist() == ids[1:]) is spelled
+        if spelled:
+            top2 = logits.topk(2, -1).values
+            assert bool((top2[:, 0] - top2[:, 1] >= 0.5 - 1e-4).all())  # the margin holds
+            out = model.decoder.generate(torch.tensor([ids[:1]]), z=read, max_new_tokens=len(ids) + 2,
+                                         eos_token_id=tok.eos_token_id)
+            assert out[0].tolist() == ids + [tok.eos_token_id]
+
+
+def test_sequence_lead_leaves_unconfident_rows_alone() -> None:
+    logits = torch.tensor([[1.0, 5.0, 2.0], [1.0, 5.0, 2.0]])
+    scores = torch.tensor([[0.9, 0.0, 0.1], [0.5, 0.0, 0.4]])
+    out = _lead(logits, scores, confidence=0.6, margin=2.0)
+    assert out[0].tolist() == [7.0, 5.0, 2.0] and out[1].tolist() == [1.0, 5.0, 2.0]
+    already = _lead(torch.tensor([[9.0, 5.0]]), torch.tensor([[0.9, 0.0]]), 0.6, 2.0)
+    assert already.tolist() == [[9.0, 5.0]]  # never lowered
+    with pytest.raises(ValueError, match="sequence_lead"):
+        ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False, sequence_size=8,
+                           sequence_lead=-1.0)
 
 
 def test_sequence_model_round_trips(tmp_path) -> None:

@@ -213,10 +213,15 @@ class UneditedEditor(Editor):
 class InContextEditor(UneditedEditor):
     """IKE-style in-context editing: edited facts are written into the prompt.
 
-    Each query is preceded by ``"New fact: {prompt} {target_new}\\n"`` for every edited fact.
+    Each query is preceded by ``"New fact: {prompt} {target_new}\\n"`` for the edited facts.
     With ``scope_threshold`` set, a scope detector decides per query (from the query alone):
     the facts are prepended only when the cosine similarity between the query's embedding and
     its nearest fact's embedding is >= ``scope_threshold``.
+
+    A prompt holds at most ``max_facts`` facts (the decoder's window is finite: a thousand
+    zsRE facts are about 20,000 tokens). With more facts stored, each query gets the
+    ``max_facts`` most similar to it (retrieval as in IKE's demonstration selection; the most
+    similar last, nearest the query) when an embedder is given, otherwise the latest ones.
 
     Args:
         scope_threshold: cosine-similarity threshold, or ``None`` to always prepend.
@@ -224,25 +229,35 @@ class InContextEditor(UneditedEditor):
             If it also has ``keys(facts) -> (F, S, H)`` and ``views(prompt) -> (V, H)`` (as
             :func:`larimar.eval.runner.encoder_embedder` does), the detector is Larimar's own:
             several keys per fact, several views per query, best match over both.
+        max_facts: facts per prompt at most (``None``: all of them, however long).
         **kwargs: passed to :class:`UneditedEditor`.
     """
 
     def __init__(
-        self, scope_threshold: float | None = None, embed: Embedder | None = None, **kwargs: Any
+        self,
+        scope_threshold: float | None = None,
+        embed: Embedder | None = None,
+        max_facts: int | None = 32,
+        **kwargs: Any,
     ) -> None:
         if scope_threshold is not None and embed is None:
             raise ValueError(
                 "scope_threshold needs an embed(texts) -> (N, H) callable, e.g. "
                 "larimar.model.encoder.SentenceEncoder(...).embed"
             )
+        if max_facts is not None and (not isinstance(max_facts, int) or max_facts < 1):
+            raise ValueError(f"max_facts must be a positive integer or None; got {max_facts!r}")
         super().__init__(**kwargs)
         self.scope_threshold = scope_threshold
         self.embed = embed
+        self.max_facts = max_facts
         self.facts: dict[str, str] = {}
         self._fact_emb: torch.Tensor | None = None  # (F, S, H)
 
     def edit(self, cases: Sequence[EditCase]) -> None:
-        self.facts.update({c.case_id: c.fact for c in cases})
+        for c in cases:
+            self.facts.pop(c.case_id, None)  # a rewritten case moves to the end (the latest)
+            self.facts[c.case_id] = c.fact
         self._fact_emb = None
 
     def forget(self, case_ids: Sequence[str]) -> None:
@@ -254,31 +269,49 @@ class InContextEditor(UneditedEditor):
         self.facts.clear()
         self._fact_emb = None
 
-    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
-        """Whether each query gets the facts (all True without a scope detector)."""
-        if not self.facts:
-            return [False for _ in prompts]
-        if self.scope_threshold is None or self.embed is None:
-            return [True for _ in prompts]
+    def _similarities(self, prompt: str) -> torch.Tensor:
+        """(F,) best cosine between the prompt's views and each fact's keys."""
         from larimar.editing.encoding import scope_similarities
 
+        assert self.embed is not None
         keys_of = getattr(self.embed, "keys", None)
         views_of = getattr(self.embed, "views", None)
         if self._fact_emb is None:
             facts = list(self.facts.values())
             self._fact_emb = keys_of(facts) if keys_of else self.embed(facts)[:, None]  # (F, S, H)
-        out = []
-        for prompt in prompts:
-            views = views_of(prompt) if views_of else self.embed([prompt])  # (V, H)
-            out.append(bool(scope_similarities(self._fact_emb, views).max() >= self.scope_threshold))
-        return out
+        views = views_of(prompt) if views_of else self.embed([prompt])  # (V, H)
+        return scope_similarities(self._fact_emb, views).amax(0)  # (F,)
+
+    def _selection(self, prompt: str) -> list[int] | None:
+        """Indices of the facts this prompt gets, in prompt order, or None when out of scope."""
+        n = len(self.facts)
+        if n == 0:
+            return None
+        fits = self.max_facts is None or n <= self.max_facts
+        if self.embed is None or (self.scope_threshold is None and fits):
+            return list(range(n)) if fits else list(range(n - self.max_facts, n))
+        sims = self._similarities(prompt)
+        if self.scope_threshold is not None and float(sims.max()) < self.scope_threshold:
+            return None
+        if fits:
+            return list(range(n))
+        top = sims.topk(self.max_facts).indices  # most similar first
+        return [int(i) for i in top.flip(0)]
+
+    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether each query gets facts (all True without a scope detector, once any exist)."""
+        return [self._selection(p) is not None for p in prompts]
 
     def _context(self, prompts: Sequence[str]) -> list[str]:
-        block = "".join(f"New fact: {fact}\n" for fact in self.facts.values())
-        return [block if flag else "" for flag in self.in_scope(prompts)]
+        facts = list(self.facts.values())
+        out = []
+        for prompt in prompts:
+            chosen = self._selection(prompt)
+            out.append("" if chosen is None else "".join(f"New fact: {facts[i]}\n" for i in chosen))
+        return out
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "scope_threshold": self.scope_threshold}
+        return {**super().config(), "scope_threshold": self.scope_threshold, "max_facts": self.max_facts}
 
 
 from larimar.eval import baselines  # noqa: E402,F401  (registers ft, rome, grace)

@@ -172,19 +172,31 @@ def encoder_embedder() -> Embedder:
     """``embed(texts) -> (N, H)`` unit sentence embeddings from the project's default encoder
     (all-MiniLM-L6-v2 through :class:`larimar.model.encoder.SentenceEncoder`), with the
     ``keys`` / ``views`` of Larimar's scope detector, so that in-context editing with a scope
-    threshold decides its scope exactly as the Larimar editor does."""
-    from larimar.model.assets import load_default_encoder
-    from larimar.model.encoder import SentenceEncoder
-
-    body, tokenizer = load_default_encoder()
-    return ScopeEmbedder(SentenceEncoder(body, tokenizer, trainable=False))
+    threshold decides its scope exactly as the Larimar editor does. The encoder is loaded on
+    first use."""
+    return ScopeEmbedder()
 
 
 class ScopeEmbedder:
-    """Sentence embeddings plus the scope detector's fact keys and query views."""
+    """Sentence embeddings plus the scope detector's fact keys and query views.
 
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
+    Args:
+        encoder: a :class:`larimar.model.encoder.SentenceEncoder`; ``None`` loads the default
+            one the first time it is needed.
+    """
+
+    def __init__(self, encoder: Any = None) -> None:
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from larimar.model.assets import load_default_encoder
+            from larimar.model.encoder import SentenceEncoder
+
+            body, tokenizer = load_default_encoder()
+            self._encoder = SentenceEncoder(body, tokenizer, trainable=False)
+        return self._encoder
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encoder.embed(list(texts))
@@ -204,10 +216,10 @@ class ScopeEmbedder:
 
 @register_builder("icl")
 def build_icl(name: str, cfg: EvalConfig, embed: Embedder | None = None) -> Editor:
-    """In-context editing; with a scope threshold, scoped by the project's encoder."""
+    """In-context editing; the project's encoder picks the facts a prompt gets when they do not
+    all fit (and, with a scope threshold, decides the scope)."""
     kwargs = _decoder_kwargs(cfg)
-    if cfg.scope_threshold is not None:
-        kwargs.update(scope_threshold=cfg.scope_threshold, embed=embed or encoder_embedder())
+    kwargs.update(scope_threshold=cfg.scope_threshold, embed=embed or encoder_embedder())
     return get_editor(name, **kwargs)
 
 

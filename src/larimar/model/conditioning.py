@@ -94,6 +94,11 @@ class ConditioningConfig:
     scores below `sequence_threshold` (the text goes on with something else), the copy term is
     off at that position. This keeps the stored last word from being pushed at every position
     of a sentence that the sequence channel already spells out."""
+    sequence_lead: float | None = None
+    """Where the best successor score exceeds `sequence_confidence`, that successor's logit is
+    raised to at least the highest other logit of the row plus this margin, so a continuation the memory
+    confidently holds wins over whatever the decoder prefers there (an instruction-tuned
+    decoder ends its turn after a question mark, for instance). None: no such rule."""
 
     def __post_init__(self) -> None:
         if self.code_size <= 0:
@@ -113,6 +118,8 @@ class ConditioningConfig:
         if not 0.0 <= self.sequence_threshold < 1.0 or not 0.0 <= self.sequence_confidence < 1.0:
             raise ValueError("sequence_threshold and sequence_confidence must be in [0, 1); got "
                              f"{self.sequence_threshold}, {self.sequence_confidence}")
+        if self.sequence_lead is not None and self.sequence_lead < 0:
+            raise ValueError(f"sequence_lead must be >= 0 (a logit margin) or null; got {self.sequence_lead}")
         if self.slots <= 0:
             raise ValueError(f"slots must be positive; got {self.slots}")
         if self.prefix_length <= 0:
@@ -578,6 +585,7 @@ class MemoryConditionedDecoder(nn.Module):
         weight * relu(s - t) / (1 - t) for its successor score s under the readout's sketch
         (threshold t), and the copy term is off where the sketch confidently
         continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
+        With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -607,7 +615,21 @@ class MemoryConditionedDecoder(nn.Module):
             yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
             copied = copied.masked_fill(yields, 0.0)
         logits = logits + copied
+        if self.successors is not None and tokens is not None and cfg.sequence_lead is not None:
+            logits = _lead(logits, scores, cfg.sequence_confidence, cfg.sequence_lead)
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+def _lead(logits: Tensor, scores: Tensor, confidence: float, margin: float) -> Tensor:
+    """Raise each row's most confident successor to at least (the best other logit) + margin.
+
+    logits, scores: (..., V). Rows whose best successor score is <= confidence are unchanged.
+    """
+    best_score, best = scores.max(-1, keepdim=True)  # (..., 1)
+    current = logits.gather(-1, best)
+    others = logits.scatter(-1, best, float("-inf")).amax(-1, keepdim=True)
+    raised = torch.maximum(current, others + margin)
+    return logits.scatter(-1, best, torch.where(best_score > confidence, raised, current))
