@@ -106,6 +106,19 @@ def test_in_scope_uses_the_memory(lm: Larimar, memory: larimar.Memory) -> None:
     assert isinstance(answer.text, str)
 
 
+def test_generate_many_matches_one_by_one(lm: Larimar, memory: larimar.Memory) -> None:
+    """Batched, mixed in and out of scope (left padding included), each text is the one-prompt one."""
+    prompts = [PROMPT, UNRELATED, "Paris is", SENTENCES[1][:20], PROMPT]
+    threshold = similarity(lm, memory, PROMPT) - 1e-3  # PROMPT in scope, UNRELATED not
+    decisions = [lm.scope(p, memory, threshold).in_scope for p in prompts]
+    assert any(decisions) and not all(decisions)
+    want = [lm.generate(p, memory, max_new_tokens=5, scope_threshold=threshold) for p in prompts]
+    assert lm.generate_many(prompts, memory, max_new_tokens=5, scope_threshold=threshold, batch_size=3) == want
+    assert lm.generate_many([UNRELATED], None, max_new_tokens=5) == [lm.generate(UNRELATED, None, 5)]
+    with pytest.raises(ValueError, match="list of strings"):
+        lm.generate_many(PROMPT, memory)  # type: ignore[arg-type]
+
+
 def test_query_errors(lm: Larimar, memory: larimar.Memory) -> None:
     with pytest.raises(ValueError, match="prompt is empty"):
         lm.generate("  ", memory)

@@ -124,6 +124,28 @@ class Larimar:
         """Greedy continuation of `prompt`, conditioned on the memory when the query is in scope."""
         return self.ask(prompt, memory, max_new_tokens, scope_threshold).text
 
+    def generate_many(self, prompts: Sequence[str], memory: Memory | None = None, max_new_tokens: int = 20,
+                      scope_threshold: float | None = None, batch_size: int = 16) -> list[str]:
+        """Greedy continuations of several prompts, each with its own scope decision, in batches.
+
+        The same texts as `generate` on each prompt: prompts out of scope are decoded together
+        by the base decoder, those in scope together with their own readouts.
+        """
+        if isinstance(prompts, str):
+            raise ValueError("prompts must be a list of strings; use generate() for one prompt")
+        decisions = [self.scope(p, memory, scope_threshold) for p in prompts]
+        out = [""] * len(prompts)
+        for in_scope in (False, True):
+            rows = [i for i, d in enumerate(decisions) if d.in_scope == in_scope]
+            if not rows:
+                continue
+            z = torch.cat([decisions[i].z for i in rows]) if in_scope else None  # (n, C)
+            texts = generate(self.model.decoder, self.tokenizer, [prompts[i] for i in rows], z=z,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+            for i, text in zip(rows, texts):
+                out[i] = text
+        return out
+
     def ask(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
             scope_threshold: float | None = None) -> Answer:
         """Like `generate`, with the scope decision: in scope or not, nearest fact, similarity."""

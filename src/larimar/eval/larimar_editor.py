@@ -114,7 +114,7 @@ class LarimarEditor(Editor):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
         if temperature == 0:
-            return [self.lm.generate(p, self.memory, max_new_tokens) for p in prompts]
+            return self.lm.generate_many(list(prompts), self.memory, max_new_tokens)
         return self._sample(prompts, max_new_tokens, temperature)
 
     def _sample(self, prompts: Sequence[str], max_new_tokens: int, temperature: float) -> list[str]:
