@@ -87,9 +87,20 @@ def test_edit_succeeds_and_reset_is_exact(name, model, tiny_tokenizer, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["ft", "rome"])
-def test_weight_editors_cannot_forget(name, model, tiny_tokenizer, tmp_path) -> None:
-    with pytest.raises(NotImplementedError, match="cannot forget individual edits"):
-        make(name, model, tiny_tokenizer, tmp_path).forget(["2"])
+def test_weight_editors_forget_by_replay(name, model, tiny_tokenizer, tmp_path) -> None:
+    """Forgetting one of two edits leaves exactly the weights of editing the other alone."""
+    ed = make(name, model, tiny_tokenizer, tmp_path)
+    weight = ed._weight
+    ed.edit([OTHER])
+    only_other = weight.detach().clone()
+    ed.reset()
+    ed.edit([CASE, OTHER])
+    assert not torch.equal(weight, only_other)
+    ed.forget(["no-such-case"])  # ignored
+    ed.forget([CASE.case_id])
+    assert torch.equal(weight, only_other)
+    ed.forget([OTHER.case_id])
+    assert torch.equal(weight, ed._original) and ed._log == []
 
 
 @pytest.mark.parametrize("name", ["ft", "rome"])

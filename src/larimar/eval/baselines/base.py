@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from larimar.eval.datasets import EditCase
 from larimar.eval.editors import UneditedEditor
 from larimar.eval.lm import _common_prefix, _ids, _pad_id, encode_pairs
 
@@ -173,29 +174,50 @@ def trainable(param: nn.Parameter) -> Iterator[nn.Parameter]:
 class WeightEditor(UneditedEditor):
     """An editor that changes one weight matrix of the shared decoder in place.
 
-    ``reset`` copies the saved original back, so the decoder is bit-for-bit unedited
-    afterwards (other editors may share the same model object). Edits cannot be forgotten one
-    by one: the weight change of several edits is not separable.
+    Subclasses implement ``_apply(cases)``. ``reset`` copies the saved original back, so the
+    decoder is bit-for-bit unedited afterwards (other editors may share the same model object).
+    The weight change of several edits is not separable, so ``forget`` replays: it restores the
+    original weight and applies every remaining edit again, in its original order and grouping.
+    The result is exactly the model that never saw the forgotten edits, at the cost of one edit
+    per retained fact (the forgetting protocol reports that time).
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._weight: nn.Parameter | None = None
         self._original: torch.Tensor | None = None
+        self._log: list[list[EditCase]] = []  # the edit calls since the last reset, in order
 
     def _track(self, weight: nn.Parameter) -> None:
         """Remember ``weight``'s current value as the unedited state."""
         self._weight = weight
         self._original = weight.detach().clone()
 
+    def _apply(self, cases: Sequence[EditCase]) -> None:
+        raise NotImplementedError
+
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        if not cases:
+            return
+        self._apply(cases)
+        self._log.append(list(cases))
+
     def forget(self, case_ids: Sequence[str]) -> None:
-        raise NotImplementedError(
-            f"editor {self.name!r} edits weights in place and cannot forget individual edits; "
-            "call reset() to restore the unedited model and re-apply the edits to keep"
-        )
+        """Restore the unedited weight and replay the edits of every other case.
+
+        Ids never edited are ignored (and cost nothing).
+        """
+        gone = set(case_ids)
+        if not any(c.case_id in gone for call in self._log for c in call):
+            return
+        kept = [[c for c in call if c.case_id not in gone] for call in self._log]
+        self.reset()
+        for call in kept:
+            self.edit(call)
 
     @torch.no_grad()
     def reset(self) -> None:
+        self._log.clear()
         if self._weight is not None and self._original is not None:
             self._weight.copy_(self._original)
 

@@ -91,7 +91,7 @@ class FineTuneEditor(WeightEditor):
         self.layer = resolve_layer(self.model, self.hparams.layer, self.hparams.layer_fraction)
         self._track(down_proj(self.model, self.layer).weight)
 
-    def edit(self, cases: Sequence[EditCase]) -> None:
+    def _apply(self, cases: Sequence[EditCase]) -> None:
         for case in cases:
             self._edit_one(case)
 

@@ -206,7 +206,7 @@ class ROMEEditor(WeightEditor):
         super().reset()
         self.updates.clear()
 
-    def edit(self, cases: Sequence[EditCase]) -> None:
+    def _apply(self, cases: Sequence[EditCase]) -> None:
         for case in cases:
             key = self.compute_key(case)
             value = self.compute_value(case)
