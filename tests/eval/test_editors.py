@@ -100,3 +100,34 @@ def test_icl_scope_detector(tiny_model, tiny_tokenizer) -> None:
     assert ed.score([q], ["guitar"]) == base.score([q], ["guitar"])
     with pytest.raises(ValueError, match="scope_threshold needs an embed"):
         InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, scope_threshold=0.5)
+
+
+def _case(i: int, subject: str) -> EditCase:
+    return EditCase(case_id=str(i), subject=subject, prompt=f"{subject} plays the", target_new=f"t{i}",
+                    target_true=None)
+
+
+def test_icl_keeps_the_nearest_facts_when_they_do_not_fit(tiny_model, tiny_tokenizer) -> None:
+    cases = [_case(i, s) for i, s in enumerate(["Anna", "Toko Yasuda", "Bob", "Carl"])]
+
+    def embed(texts) -> torch.Tensor:  # Toko Yasuda along one axis, each other subject its own
+        rows = [[1.0 if "Toko" in t else 0.0, 1.0 if "Anna" in t else 0.0, 1.0 if "Bob" in t else 0.0,
+                 1.0 if "Carl" in t else 0.0, 0.1] for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(rows), dim=-1)
+
+    ed = InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, embed=embed, max_facts=2)
+    ed.edit(cases)
+    [ctx] = ed._context(["Toko Yasuda plays the"])
+    lines = ctx.splitlines()
+    assert len(lines) == 2 and lines[-1] == "New fact: Toko Yasuda plays the t1"  # the nearest last
+    # without an embedder: the latest facts; a rewritten case counts as the latest
+    latest = InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, max_facts=2)
+    latest.edit(cases)
+    latest.edit([cases[0]])
+    assert latest._context(["x"])[0] == "New fact: Carl plays the t3\nNew fact: Anna plays the t0\n"
+    # everything fits: all facts in edit order, and the embedder is never called
+    everything = InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, embed=lambda t: 1 / 0, max_facts=None)
+    everything.edit(cases)
+    assert everything._context(["x"])[0].count("New fact:") == 4
+    with pytest.raises(ValueError, match="max_facts"):
+        InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, max_facts=0)
