@@ -218,8 +218,8 @@ class InContextEditor(UneditedEditor):
     the facts are prepended only when the cosine similarity between the query's embedding and
     its nearest fact's embedding is >= ``scope_threshold``.
 
-    A prompt holds at most ``max_facts`` facts (the decoder's window is finite: a thousand
-    zsRE facts are about 20,000 tokens). With more facts stored, each query gets the
+    A prompt holds at most ``max_facts`` facts (the decoder's window is finite: 998 zsRE
+    facts are 18,475 SmolLM2 tokens). With more facts stored, each query gets the
     ``max_facts`` most similar to it (retrieval as in IKE's demonstration selection; the most
     similar last, nearest the query) when an embedder is given, otherwise the latest ones.
 
