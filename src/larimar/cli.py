@@ -330,6 +330,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="larimar: saved model folder (default built-in); other editors: decoder folder")
     parser.add_argument("--scope-threshold", type=float, default=None, help="scope detector threshold (larimar, icl)")
+    parser.add_argument("--max-facts", type=int, default=32,
+                        help="icl: facts per prompt at most, the nearest to the query (0: all of them)")
     parser.add_argument("--write-paraphrases", action="store_true", help="larimar: also write paraphrases")
     parser.add_argument("--strip-distractor", action="store_true", help="strip ROME paraphrase distractors")
     parser.add_argument("--zsre-target", choices=["alt", "answers0"], default="alt", help="zsRE edit target")
@@ -358,6 +360,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     cfg = EvalConfig(
         protocol=args.protocol, editor=args.editor, data=args.data, limit=args.limit, offset=args.offset, out=args.out,
         model=args.model, scope_threshold=args.scope_threshold, write_paraphrases=args.write_paraphrases,
+        max_facts=args.max_facts or None,
         strip_distractor=args.strip_distractor, zsre_target=args.zsre_target, seed=args.seed,
         max_new_tokens=args.max_new_tokens, sizes=args.sizes, checkpoints=args.checkpoints,
         max_eval=args.max_eval, n_forget=args.n_forget, rewrite_unknown=args.rewrite_unknown,

@@ -117,6 +117,12 @@ def test_icl_builder_with_scope_threshold(tmp_path: Path) -> None:
     plain = build_editor(EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir))
     assert isinstance(plain, InContextEditor) and plain.scope_threshold is None
     assert isinstance(plain.embed, ScopeEmbedder) and plain.embed._encoder is None  # loaded on first use
+    assert plain.max_facts == 32
+    unbounded = build_icl("icl", EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, max_facts=None),
+                          embed=embed)
+    assert unbounded.max_facts is None
+    with pytest.raises(ValueError, match="--max-facts must be positive"):
+        EvalConfig("single", "icl", tmp_path / "d.json", max_facts=0)
 
 
 def test_encoder_embedder_is_unit_norm() -> None:

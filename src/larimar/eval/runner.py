@@ -51,6 +51,8 @@ class EvalConfig:
     """Larimar: saved model folder (default built-in); other editors: a decoder HF folder."""
     scope_threshold: float | None = None
     """Scope-detector cosine threshold (larimar, icl)."""
+    max_facts: int | None = 32
+    """icl: facts per prompt at most (the nearest to the query when more are stored); None: all."""
     write_paraphrases: bool = False
     """Larimar: also write each case's paraphrases completed with the new target."""
     strip_distractor: bool = False
@@ -97,6 +99,8 @@ class EvalConfig:
             raise ValueError(f"--offset must be >= 0; got {self.offset}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be positive; got {self.max_new_tokens}")
+        if self.max_facts is not None and self.max_facts < 1:
+            raise ValueError(f"--max-facts must be positive (or 0 for all facts); got {self.max_facts}")
         self.data, self.model = Path(self.data), None if self.model is None else Path(self.model)
         self.device = resolve_device(self.device)
         self.out = self.out_dir
@@ -219,7 +223,7 @@ def build_icl(name: str, cfg: EvalConfig, embed: Embedder | None = None) -> Edit
     """In-context editing; the project's encoder picks the facts a prompt gets when they do not
     all fit (and, with a scope threshold, decides the scope)."""
     kwargs = _decoder_kwargs(cfg)
-    kwargs.update(scope_threshold=cfg.scope_threshold, embed=embed or encoder_embedder())
+    kwargs.update(scope_threshold=cfg.scope_threshold, embed=embed or encoder_embedder(), max_facts=cfg.max_facts)
     return get_editor(name, **kwargs)
 
 
