@@ -604,8 +604,8 @@ class MemoryConditionedDecoder(nn.Module):
         weight = head.weight  # (V, H)
         copied = (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)  # (..., V)
         logits = head(mixed)
+        cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
-            cfg = self.config
             if previous is None:
                 previous = torch.full_like(tokens, START)
             scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device))  # (..., V)
@@ -615,7 +615,7 @@ class MemoryConditionedDecoder(nn.Module):
             yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
             copied = copied.masked_fill(yields, 0.0)
         logits = logits + copied
-        if self.successors is not None and tokens is not None and cfg.sequence_lead is not None:
+        if scores is not None and cfg.sequence_lead is not None:
             logits = _lead(logits, scores, cfg.sequence_confidence, cfg.sequence_lead)
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
