@@ -80,11 +80,15 @@ def test_save_load_round_trip_is_bit_identical(lm: larimar.Larimar, tmp_path: Pa
     assert loaded.facts() == memory.facts() and len(loaded) == len(memory)
     assert_same_state(loaded.state, memory.state)
     q = queries(memory)
-    assert torch.equal(loaded.read(q), memory.read(q))
+    # The stored tensors round-trip byte for byte (above); values computed from them agree to
+    # rounding only: BLAS kernels may sum in another order for another alignment or thread count.
+    close = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loaded.read(q), memory.read(q), **close)
     assert MemoryState.load(path).memory.shape == memory.state.memory.shape  # readable as a plain state
     loaded.forget(loaded.facts()[0].id)  # stored keys allow exact forgetting after a reload
     memory.forget(memory.facts()[0].id)
-    assert torch.equal(loaded.read(q), memory.read(q))
+    torch.testing.assert_close(loaded.read(q), memory.read(q), **close)
+    assert [f.id for f in loaded.facts()] == [f.id for f in memory.facts()]
 
 
 def test_save_overwrites_atomically(lm: larimar.Larimar, tmp_path: Path) -> None:

@@ -18,10 +18,12 @@ def test_save_load_round_trip_is_exact(tmp_path, dtype, sequential):
     if sequential:
         assert torch.equal(loaded.gram_pinv, state.gram_pinv) and torch.equal(loaded.free, state.free)
         z2 = torch.randn(2, 1, 8, dtype=dtype)
-        assert torch.equal(mem.update(loaded, z2).memory, mem.update(state, z2).memory)
+        # derived values: the same products on equal inputs; BLAS may order sums differently
+        # with operand alignment or thread count, so these agree to rounding, not to the bit
+        torch.testing.assert_close(mem.update(loaded, z2).memory, mem.update(state, z2).memory)
     assert load_metadata(path) == {"facts": ["a", "b"], "n": 3}
     q = torch.randn(2, 4, 8, dtype=dtype)
-    assert torch.equal(mem.read(loaded, q), mem.read(state, q))
+    torch.testing.assert_close(mem.read(loaded, q), mem.read(state, q))
 
 
 def test_load_errors(tmp_path):

@@ -115,7 +115,9 @@ def load_state_file(
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             header = f.metadata() or {}
-            loaded = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
+            # clone: a fresh allocation has the allocator's alignment, as a computed tensor does;
+            # some BLAS builds pick kernels (and rounding) by operand alignment.
+            loaded = {key: f.get_tensor(key).clone() for key in f.keys()} if tensors else {}
     except Exception as err:  # safetensors raises its own error types for a corrupt file
         raise ValueError(f"{path} is not a readable memory state file: {err}") from err
     if header.get("format") != FORMAT:
