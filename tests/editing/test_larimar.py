@@ -9,7 +9,6 @@ import torch
 
 import larimar
 from larimar.editing import Larimar
-from larimar.editing.encoding import encode_texts
 from larimar.eval.lm import continuation_nll as hf_continuation_nll
 from larimar.eval.lm import generate_greedy as hf_generate_greedy
 from larimar.model.text import continuation_nll
@@ -67,11 +66,11 @@ def test_scope_decisions(lm: Larimar, memory: larimar.Memory) -> None:
     assert not lm.scope(FACT, None).in_scope and lm.scope(FACT, lm.new_memory()).similarity is None
 
 
-def test_in_scope_readout_is_the_scaled_auto_associative_read(lm: Larimar, memory: larimar.Memory) -> None:
-    z = lm.scope(PROMPT, memory, scope_threshold=-1.0).z
-    latent, _ = encode_texts(lm.model.encoder, [PROMPT])
-    expected = (lm.model.config.readout_scale * memory.read(latent)).float()
-    assert torch.equal(z, expected)
+def test_in_scope_readout_is_the_scaled_recall_of_the_nearest_item(lm: Larimar, memory: larimar.Memory) -> None:
+    decision = lm.scope(PROMPT, memory, scope_threshold=-1.0)
+    row = [f.id for f in memory.facts()].index(decision.fact_id)
+    expected = (lm.model.config.readout_scale * memory.items.latents[row : row + 1]).float()
+    torch.testing.assert_close(decision.z, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_threshold_defaults_and_overrides(lm: Larimar, memory: larimar.Memory) -> None:

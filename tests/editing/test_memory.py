@@ -16,9 +16,9 @@ from tests.tiny import SENTENCES
 FACTS = SENTENCES[:4]
 
 
-def queries(memory: larimar.Memory, n: int = 5) -> torch.Tensor:
-    torch.manual_seed(0)
-    return torch.randn(n, memory.state.code_size, dtype=torch.float64)  # (Q, C)
+def recalled(memory: larimar.Memory) -> torch.Tensor:
+    """(N, C) the readouts of every written item."""
+    return memory.recall(range(len(memory.items.owners)))
 
 
 def assert_same_state(a: MemoryState, b: MemoryState) -> None:
@@ -40,11 +40,37 @@ def test_write_facts_len(lm: larimar.Larimar) -> None:
     assert len(memory.items.owners) == 4
 
 
-def test_read_returns_written_latents(lm: larimar.Larimar) -> None:
+def test_recall_returns_written_latents(lm: larimar.Larimar) -> None:
     memory = lm.new_memory()
     memory.write(FACTS)
-    z = memory.items.latents  # (N, C), N <= C
-    assert torch.allclose(memory.read(z), z, atol=1e-10)
+    z = memory.items.latents  # (N, C), N within an episode's capacity
+    torch.testing.assert_close(recalled(memory), z, atol=1e-10, rtol=0)
+    with pytest.raises(IndexError, match="item rows"):
+        memory.recall([len(FACTS)])
+
+
+def test_episodes_fill_in_order_and_recall_stays_exact(lm: larimar.Larimar) -> None:
+    """Past `episode_items` a new episode opens; every item is recalled from its own."""
+    memory = larimar.Memory(lm.model, episode_items=3)
+    ids = memory.write(FACTS[:2], paraphrases=[["Paris is France's capital."], []])  # 3 items: episode 0 full
+    ids += memory.write(FACTS[2:4], paraphrases=[[], [f"{FACTS[3]} Indeed."]])  # 3 more: episode 1
+    ids += memory.write(SENTENCES[4:5])  # episode 2
+    assert memory.episodes == 3 and memory.items.episodes.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert memory.state.memory.shape[0] == 3
+    torch.testing.assert_close(recalled(memory), memory.items.latents, atol=1e-10, rtol=0)
+    # forgetting in an earlier episode leaves the others untouched and equals never writing it
+    before = memory.state
+    memory.forget(ids[1])  # FACTS[1], in episode 0
+    after = memory.state
+    assert torch.equal(after.memory[1:], before.memory[1:])
+    never = larimar.Memory(lm.model, episode_items=3)
+    never.write(FACTS[:1], paraphrases=[["Paris is France's capital."]])
+    torch.testing.assert_close(after.memory[0], never.state.memory[0], atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="an episode holds 3 items"):
+        memory.write(FACTS[:1], paraphrases=[["a", "b", "c"]])
+    assert len(memory) == 4  # the refused write stored nothing
+    with pytest.raises(ValueError, match="episode_items"):
+        larimar.Memory(lm.model, episode_items=0)
 
 
 def test_forget_equals_never_written(lm: larimar.Larimar) -> None:
@@ -54,8 +80,7 @@ def test_forget_equals_never_written(lm: larimar.Larimar) -> None:
         if i != 1:
             never.write([f])
     forgetful.forget(ids[1])
-    q = queries(forgetful)
-    assert torch.allclose(forgetful.read(q), never.read(q), atol=1e-10, rtol=0)
+    assert torch.allclose(recalled(forgetful), recalled(never), atol=1e-10, rtol=0)
     assert torch.allclose(forgetful.state.memory, never.state.memory, atol=1e-10, rtol=0)
     assert [f.text for f in forgetful.facts()] == [f.text for f in never.facts()]
     assert len(forgetful.items.owners) == 3  # the paraphrase went with its fact
@@ -79,15 +104,14 @@ def test_save_load_round_trip_is_bit_identical(lm: larimar.Larimar, tmp_path: Pa
     loaded = lm.load_memory(path)
     assert loaded.facts() == memory.facts() and len(loaded) == len(memory)
     assert_same_state(loaded.state, memory.state)
-    q = queries(memory)
     # The stored tensors round-trip byte for byte (above); values computed from them agree to
     # rounding only: BLAS kernels may sum in another order for another alignment or thread count.
     close = dict(rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(loaded.read(q), memory.read(q), **close)
+    torch.testing.assert_close(recalled(loaded), recalled(memory), **close)
     assert MemoryState.load(path).memory.shape == memory.state.memory.shape  # readable as a plain state
     loaded.forget(loaded.facts()[0].id)  # stored keys allow exact forgetting after a reload
     memory.forget(memory.facts()[0].id)
-    torch.testing.assert_close(loaded.read(q), memory.read(q), **close)
+    torch.testing.assert_close(recalled(loaded), recalled(memory), **close)
     assert [f.id for f in loaded.facts()] == [f.id for f in memory.facts()]
 
 

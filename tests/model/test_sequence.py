@@ -67,6 +67,9 @@ def test_the_successor_of_each_context_scores_one(tokens: list[int]) -> None:
     for i in range(len(tokens) - 1):
         assert abs(float(scores[i, tokens[i + 1]]) - 1.0) < 0.35
         assert int(scores[i].argmax()) == tokens[i + 1]
+    # the start context (START, START) names the first token: a reply can begin the text
+    first = scorer.scores(sketch[None], torch.tensor([START]), torch.tensor([START]))[0]
+    assert int(first.argmax()) == tokens[0] and abs(float(first[tokens[0]]) - 1.0) < 0.35
     # the last token was followed by nothing: no score stands out
     assert float(scores[-1].max()) < 0.6
 
@@ -82,7 +85,8 @@ def test_two_tokens_of_context_separate_repeated_words() -> None:
 
 
 def test_short_texts_and_bad_widths() -> None:
-    assert successor_sketch([[7], []], 64).abs().sum() == 0
+    one, empty = successor_sketch([[7], []], 64)
+    assert empty.abs().sum() == 0 and one.abs().sum() > 0  # one token: (START, START) -> 7
     scorer = SuccessorScorer(50, 64)
     with pytest.raises(ValueError, match="width 64"):
         scorer.scores(torch.zeros(1, 32), torch.tensor([1]), torch.tensor([START]))

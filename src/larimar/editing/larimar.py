@@ -2,23 +2,27 @@
 
 Symbols: C code size, n candidates.
 
-Scope (spec 5.1): the detector decides once per query, from the query alone. Each written
-fact or paraphrase keeps two keys, the sentence embedding of the whole text and that of its
-head (the text minus its last word, which is what a question about it looks like); a query is
-matched as a whole and, when it holds several sentences, by its last sentence too. The query
-is in scope when the best cosine similarity between a key and a view is at least the
-threshold; then the memory readout z_r = s * read(encode(view)) of the best-matching view
-(s = `readout_scale`) conditions the decoder. Otherwise, and without a memory, the plain
-decoder answers: exactly the base model.
+Scope (spec 5.1): the detector decides once per query, from the query alone (for `ask`, the
+user's question). Each written fact or paraphrase keeps two keys, the sentence embedding of the
+whole text and that of its head (the text minus its last word); a query is matched as a whole
+and, when it holds several sentences, by its last sentence too. The query is in scope when the
+best cosine similarity between a key and a view is at least the threshold; then the best
+matching item is recalled from its episode (`Memory.recall`: the item's write key reads the
+memory) and the readout z_r = s * recall (s = `readout_scale`) conditions the decoder.
+Otherwise, and without a memory, the plain decoder answers: exactly the base model.
+
+`ask` answers questions in the decoder's chat format: in scope, the reply restarts the
+sequence channel's context, so the memory states the written fact from its beginning.
+`generate` and `score` continue a raw prompt (the CounterFact protocols use them).
 
 Example:
     >>> import larimar
     >>> lm = larimar.load()
     >>> memory = lm.new_memory()
     >>> [fid] = memory.write(["The Eiffel Tower is located in Rome."])
+    >>> lm.ask("Where is the Eiffel Tower?", memory=memory).text
+    'The Eiffel Tower is located in Rome.'
     >>> lm.generate("The Eiffel Tower is located in", memory=memory)
-    >>> lm.ask("Where is the Eiffel Tower?", memory).in_scope
-    True
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..model.chat import Question, chat_prompt
 from ..model.larimar import CONFIG_FILE, LarimarModel
 from ..model.text import continuation_nll, generate
 from .easyedit import edit as easyedit_edit
-from .encoding import encode_texts, query_views
+from .encoding import query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
 from .longcontext import answer as answer_from_context
 from .memory import Memory
@@ -66,7 +71,7 @@ class Answer:
     """A generated answer and how the scope detector routed its query."""
 
     text: str
-    """The greedy continuation of the prompt."""
+    """The reply (for `ask`) or the greedy continuation of the prompt."""
     in_scope: bool
     """Whether the memory conditioned the answer."""
     fact_id: str | None
@@ -111,18 +116,20 @@ class Larimar:
         if memory is None or len(memory) == 0:
             return ScopeDecision(False, None, None, None)
         self._check_owner(memory)
-        latents, views = encode_texts(self.model.encoder, query_views(prompt))  # (V, C), (V, H)
-        fact_id, similarity, view = memory.match(views)  # type: ignore[misc]
+        views = self.model.encoder.embed(query_views(prompt)).to(memory.items.embeddings)  # (V, H)
+        row, similarity, _ = memory.locate(views)  # type: ignore[misc]
+        fact_id = memory.items.owners[row]
         if similarity < threshold:
             return ScopeDecision(False, fact_id, similarity, None)
-        z = self.model.config.readout_scale * memory.read(latents[view : view + 1])  # (1, C) float64
+        z = self.model.config.readout_scale * memory.recall([row])  # (1, C) float64
         z = z.to(self.model.decoder.memory_map.weight.dtype)
         return ScopeDecision(True, fact_id, similarity, z)
 
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
                  scope_threshold: float | None = None) -> str:
         """Greedy continuation of `prompt`, conditioned on the memory when the query is in scope."""
-        return self.ask(prompt, memory, max_new_tokens, scope_threshold).text
+        [text] = self.generate_many([prompt], memory, max_new_tokens, scope_threshold)
+        return text
 
     def generate_many(self, prompts: Sequence[str], memory: Memory | None = None, max_new_tokens: int = 20,
                       scope_threshold: float | None = None, batch_size: int = 16) -> list[str]:
@@ -134,6 +141,33 @@ class Larimar:
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings; use generate() for one prompt")
         decisions = [self.scope(p, memory, scope_threshold) for p in prompts]
+        return self._decode(list(prompts), decisions, max_new_tokens, batch_size, chat=False)
+
+    def ask(self, question: Question, memory: Memory | None = None, max_new_tokens: int = 64,
+            scope_threshold: float | None = None) -> Answer:
+        """Answer a question (or the last user turn of chat messages) in the decoder's chat format.
+
+        The scope is decided from the user's question alone; in scope the memory conditions
+        the reply, otherwise the reply is exactly the base chat model's.
+        """
+        [answer] = self.ask_many([question], memory, max_new_tokens, scope_threshold)
+        return answer
+
+    def ask_many(self, questions: Sequence[Question], memory: Memory | None = None, max_new_tokens: int = 64,
+                 scope_threshold: float | None = None, batch_size: int = 16) -> list[Answer]:
+        """`ask` for several questions, decoded in batches; the same replies as one by one."""
+        if isinstance(questions, str):
+            raise ValueError("questions must be a list; use ask() for one question")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        formatted = [chat_prompt(self.tokenizer, q) for q in questions]
+        decisions = [self.scope(asked, memory, scope_threshold) for _, asked in formatted]
+        texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
+        return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
+
+    def _decode(self, prompts: list[str], decisions: list[ScopeDecision], max_new_tokens: int,
+                batch_size: int, chat: bool) -> list[str]:
+        """Greedy texts of prompts, those out of scope by the base decoder, the rest with their readouts."""
         out = [""] * len(prompts)
         for in_scope in (False, True):
             rows = [i for i, d in enumerate(decisions) if d.in_scope == in_scope]
@@ -141,17 +175,10 @@ class Larimar:
                 continue
             z = torch.cat([decisions[i].z for i in rows]) if in_scope else None  # (n, C)
             texts = generate(self.model.decoder, self.tokenizer, [prompts[i] for i in rows], z=z,
-                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
             for i, text in zip(rows, texts):
                 out[i] = text
         return out
-
-    def ask(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
-            scope_threshold: float | None = None) -> Answer:
-        """Like `generate`, with the scope decision: in scope or not, nearest fact, similarity."""
-        decision = self.scope(prompt, memory, scope_threshold)
-        [text] = generate(self.model.decoder, self.tokenizer, [prompt], z=decision.z, max_new_tokens=max_new_tokens)
-        return Answer(text, decision.in_scope, decision.fact_id, decision.similarity)
 
     def score(self, prompt: str, candidates: Sequence[str], memory: Memory | None = None,
               scope_threshold: float | None = None) -> list[float]:

@@ -1,12 +1,20 @@
 """A user-facing episodic memory: write facts, forget them by id, save and reload.
 
-Shapes: N written items (facts and their paraphrases), Q queries, K slots, C code size,
-H encoder hidden size.
+Shapes: N written items (facts and their paraphrases), Q queries, E episodes, K slots,
+C code size, H encoder hidden size.
 
-Every write is a sequential recursive-least-squares update (`EpisodicMemory.update`) with
-reference-memory keys; the latents and keys of each item are kept, so `forget` applies the
-same update with alpha = -1 and the memory equals the one that never saw the fact. All memory
-math runs in float64.
+The facts live in a sequence of episodes, each one Larimar memory (K x C) holding at most
+`episode_items` items (K / 2 by default), so every episode stays within the capacity where the
+least-squares write recalls each of its items exactly (relative error ~1e-14 at K / 2 items,
+measured in docs/results.md; past K items the recall of one memory collapses). A write fills
+the newest episode, opening a fresh one when it is full, so its cost does not grow with the
+number of facts. Every write is a sequential recursive-least-squares update
+(`EpisodicMemory.update`) of one episode with reference-memory keys; the latents and keys of
+each item are kept, so `forget` applies the same update with alpha = -1 to that episode, which
+then equals the episode that never saw the fact. All memory math runs in float64.
+
+A query is routed to an item by the scope keys (`match`) and `recall` reads that item's episode
+with the item's own write key (a hetero-associative read, `EpisodicMemory.read(keys=...)`).
 
 Example:
     >>> memory = larimar.new_memory()
@@ -28,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..memory import MemoryState, memory_keys, pinv
+from ..memory import MemoryState
 from ..model.larimar import LarimarModel
 from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens, scope_similarities
 
@@ -56,17 +64,23 @@ class Items:
     latents: Tensor
     """(N, C) float64 values written into the memory."""
     keys: Tensor
-    """(N, K) float64 write keys (needed to forget exactly)."""
+    """(N, K) float64 write keys (needed to recall and to forget exactly)."""
     embeddings: Tensor
     """(N, S, H) float64 unit embeddings for the scope detector: S keys per item (the whole
     text and its head; memories saved before heads existed load with S = 1)."""
     owners: list[str] = field(default_factory=list)
     """(N,) the fact id of each row."""
+    episodes: Tensor | None = None
+    """(N,) int64 index of the episode holding each row; None: all in episode 0."""
+
+    def __post_init__(self) -> None:
+        if self.episodes is None:
+            self.episodes = torch.zeros(self.latents.shape[0], dtype=torch.int64, device=self.latents.device)
 
     def select(self, keep: Tensor) -> Items:
         """The rows where keep (N,) is True."""
         owners = [o for o, k in zip(self.owners, keep.tolist()) if k]
-        return Items(self.latents[keep], self.keys[keep], self.embeddings[keep], owners)
+        return Items(self.latents[keep], self.keys[keep], self.embeddings[keep], owners, self.episodes[keep])
 
     def extend(self, other: Items) -> Items:
         """These rows followed by `other`'s."""
@@ -74,6 +88,7 @@ class Items:
         return Items(
             torch.cat([self.latents, other.latents]), torch.cat([self.keys, other.keys]),
             torch.cat([_widen(self.embeddings, keys), _widen(other.embeddings, keys)]), self.owners + other.owners,
+            torch.cat([self.episodes, other.episodes]),
         )
 
 
@@ -85,18 +100,31 @@ def _widen(embeddings: Tensor, keys: int) -> Tensor:
 
 
 class Memory:
-    """Facts written into one episodic memory of a Larimar model.
+    """Facts written into the episodic memories of a Larimar model.
 
     Create one with `Larimar.new_memory()` or `Larimar.load_memory(path)`.
+
+    Args:
+        model: the model whose encoder, keys and prior the memory uses.
+        state: the episodes' memories, (E, K, C) with their key statistics; None: empty.
+        items: the written items, `Items.episodes` indexing into the E episodes.
+        facts: the fact log, in writing order.
+        episode_items: items per episode; None: K // 2.
     """
 
     def __init__(self, model: LarimarModel, state: MemoryState | None = None,
-                 items: Items | None = None, facts: Sequence[Fact] = ()) -> None:
+                 items: Items | None = None, facts: Sequence[Fact] = (), episode_items: int | None = None) -> None:
         self._model = model
-        self._state = state if state is not None else self._empty_state()
+        slots = model.memory.config.slots
+        self.episode_items = slots // 2 if episode_items is None else int(episode_items)
+        if not 1 <= self.episode_items <= slots:
+            raise ValueError(f"episode_items must be in [1, {slots}] (the memory's slots); got {episode_items}")
+        state = state if state is not None else self._empty_state()
+        self._episodes = [MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
         self._items = items if items is not None else self._no_items()
         self._facts: dict[str, Fact] = {f.id: f for f in facts}
-        self._memory_pinv: Tensor | None = None
+        if self._items.owners and int(self._items.episodes.max()) >= len(self._episodes):
+            raise ValueError("items refer to an episode the state does not hold; the memory file is damaged")
 
     # ----------------------------------------------------------------------------- views
     def __len__(self) -> int:
@@ -104,7 +132,7 @@ class Memory:
         return len(self._facts)
 
     def __repr__(self) -> str:
-        return f"Memory({len(self)} facts, {len(self._items.owners)} items)"
+        return f"Memory({len(self)} facts, {len(self._items.owners)} items, {len(self._episodes)} episodes)"
 
     def facts(self) -> list[Fact]:
         """The facts in the order they were written."""
@@ -112,8 +140,15 @@ class Memory:
 
     @property
     def state(self) -> MemoryState:
-        """The memory contents: M (1, K, C) with its key statistics, float64."""
-        return self._state
+        """All episodes' memories: M (E, K, C) with their key statistics, float64."""
+        if len(self._episodes) == 1:
+            return self._episodes[0]
+        return MemoryState(*(torch.cat(parts) for parts in zip(*(_tensors(e) for e in self._episodes))))
+
+    @property
+    def episodes(self) -> int:
+        """Number of episodes E."""
+        return len(self._episodes)
 
     @property
     def items(self) -> Items:
@@ -139,26 +174,54 @@ class Memory:
 
         Raises:
             ValueError: a fact or paraphrase is not a non-empty string the encoder can read
-                whole; nothing is written.
+                whole, or a fact has more paraphrases than an episode holds; nothing is written.
         """
         facts = self._check_texts(facts, "facts")
         groups = self._check_paraphrases(paraphrases, len(facts))
         ids = self._new_ids(len(facts))
+        self._append(facts, groups, ids, datetime.now(timezone.utc))
+        return ids
+
+    def _append(self, facts: Sequence[str], groups: Sequence[Sequence[str]], ids: Sequence[str],
+                created: datetime | Sequence[datetime]) -> None:
+        """Encode and write checked facts under the given ids (all or nothing)."""
+        too_big = [i for i, g in enumerate(groups) if 1 + len(g) > self.episode_items]
+        if too_big:
+            raise ValueError(f"facts[{too_big[0]}] has {len(groups[too_big[0]])} paraphrases; an episode holds "
+                             f"{self.episode_items} items, so pass at most {self.episode_items - 1}")
         texts = [t for fact, group in zip(facts, groups) for t in (fact, *group)]
         owners = [i for i, group in zip(ids, groups) for _ in range(1 + len(group))]
         latents, embeddings = encode_texts(self._model.encoder, texts, scope_keys=True)  # (N, C), (N, 2, H)
         keys = self._model.memory.address(latents[None])[0]  # (N, K)
-        state = self._model.memory.update(self._state, latents[None], alpha=1.0, keys=keys[None])
-        now = datetime.now(timezone.utc)
-        self._commit(state, self._items.extend(Items(latents, keys, embeddings, owners)))
-        for fact_id, text, group in zip(ids, facts, groups):
-            self._facts[fact_id] = Fact(fact_id, text, now, tuple(group))
+        episodes, places = list(self._episodes), self._places([1 + len(g) for g in groups])
+        rows = torch.tensor([e for e, g in zip(places, groups) for _ in range(1 + len(g))], dtype=torch.int64)
+        for e in sorted(set(places)):
+            if e == len(episodes):
+                episodes.append(self._empty_state())
+            pick = rows == e
+            episodes[e] = self._model.memory.update(episodes[e], latents[pick][None], alpha=1.0, keys=keys[pick][None])
+        new = Items(latents, keys, embeddings, owners, rows.to(latents.device))
+        self._episodes, self._items = episodes, self._items.extend(new)
+        stamps = [created] * len(ids) if isinstance(created, datetime) else list(created)
+        for fact_id, text, group, stamp in zip(ids, facts, groups, stamps):
+            self._facts[fact_id] = Fact(fact_id, text, stamp, tuple(group))
         logger.debug("wrote %d facts (%d items)", len(ids), len(texts))
-        return ids
+
+    def _places(self, sizes: Sequence[int]) -> list[int]:
+        """The episode of each new group of `sizes` items: the newest episode while it has room."""
+        counts = torch.bincount(self._items.episodes, minlength=len(self._episodes)).tolist()
+        episode, used, out = len(self._episodes) - 1, counts[-1], []
+        for size in sizes:
+            if used + size > self.episode_items:
+                episode, used = episode + 1, 0
+            out.append(episode)
+            used += size
+        return out
 
     @torch.no_grad()
     def forget(self, fact_id: str) -> None:
-        """Remove a fact and its paraphrases exactly (RLS with alpha = -1 on their stored keys).
+        """Remove a fact and its paraphrases exactly (RLS with alpha = -1 on their stored keys,
+        in their episode).
 
         Raises:
             KeyError: no fact has this id; the memory is unchanged.
@@ -167,24 +230,35 @@ class Memory:
             known = ", ".join(list(self._facts)[:5]) or "none"
             raise KeyError(f"no fact with id {fact_id!r} in this memory (known ids: {known}); see memory.facts()")
         rows = torch.tensor([o == fact_id for o in self._items.owners], device=self._items.keys.device)
-        remaining = self._items.select(~rows)
-        if not remaining.owners:
-            state = self._empty_state()  # nothing left: exactly the empty memory
-        else:
-            gone = self._items.select(rows)
-            state = self._model.memory.update(self._state, gone.latents[None], alpha=-1.0, keys=gone.keys[None])
-        self._commit(state, remaining)
+        gone, remaining = self._items.select(rows), self._items.select(~rows)
+        episodes = list(self._episodes)
+        for e in gone.episodes.unique().tolist():
+            pick = gone.episodes == e
+            if not bool((remaining.episodes == e).any()):
+                episodes[e] = self._empty_state()  # nothing left: exactly the empty episode
+            else:
+                episodes[e] = self._model.memory.update(
+                    episodes[e], gone.latents[pick][None], alpha=-1.0, keys=gone.keys[pick][None])
+        self._episodes, self._items = episodes, remaining
         del self._facts[fact_id]
 
     # ----------------------------------------------------------------------------- reading
     @torch.no_grad()
-    def read(self, z_query: Tensor) -> Tensor:
-        """Auto-associative readout W M with W = Zq M^+: (Q, C) -> (Q, C) float64."""
-        m = self._state.memory[0]  # (K, C)
-        if self._memory_pinv is None:
-            cfg = self._model.memory.config
-            self._memory_pinv = pinv(m, cfg.pinv, cfg.pinv_steps, cfg.pinv_rtol)  # (C, K)
-        return memory_keys(z_query.to(m), self._memory_pinv) @ m
+    def recall(self, rows: Sequence[int]) -> Tensor:
+        """Readouts (Q, C) float64 of written items: each row's episode read with the row's
+        write key, Zr = w M (equal to the item's latent while its episode is within capacity)."""
+        rows = list(rows)
+        if not rows:
+            raise ValueError("no rows to recall")
+        n = len(self._items.owners)
+        if any(not 0 <= r < n for r in rows):
+            raise IndexError(f"item rows must be in [0, {n}); got {rows}")
+        out = []
+        for r in rows:
+            state = self._episodes[int(self._items.episodes[r])]
+            z, w = self._items.latents[r : r + 1][None], self._items.keys[r : r + 1][None]
+            out.append(self._model.memory.read(state, z, keys=w)[0])  # (1, C)
+        return torch.cat(out)
 
     def nearest(self, embedding: Tensor) -> tuple[str, float] | None:
         """The fact whose text or paraphrase is most similar to a unit embedding (H,) or to
@@ -195,12 +269,18 @@ class Memory:
 
     def match(self, embedding: Tensor) -> tuple[str, float, int] | None:
         """Like `nearest`, plus the index of the query view (row of a (V, H) input) that matched."""
+        found = self.locate(embedding)
+        return None if found is None else (self._items.owners[found[0]], found[1], found[2])
+
+    def locate(self, embedding: Tensor) -> tuple[int, float, int] | None:
+        """The best-matching item row, its cosine similarity and the query view that matched;
+        None when the memory is empty."""
         scores = self.similarities(embedding)
         if scores is None:
             return None
         flat = int(scores.argmax())
         view, item = divmod(flat, scores.shape[1])
-        return self._items.owners[item], float(scores[view, item]), view
+        return item, float(scores[view, item]), view
 
     def similarities(self, embedding: Tensor) -> Tensor | None:
         """(V, N) best cosine similarity of each query view (V, H) (or (H,)) to each item, over
@@ -218,15 +298,12 @@ class Memory:
         save_memory(self, Path(path))
 
     # ----------------------------------------------------------------------------- internals
-    def _commit(self, state: MemoryState, items: Items) -> None:
-        self._state, self._items, self._memory_pinv = state, items, None
-
     def _empty_state(self) -> MemoryState:
         device = self._model.encoder.head.weight.device
         return self._model.memory.empty(1, device=device, dtype=MEMORY_DTYPE)
 
     def _no_items(self) -> Items:
-        m = self._state.memory
+        m = self._episodes[0].memory
         hidden = self._model.encoder.hidden_size
         return Items(m.new_zeros(0, m.shape[2]), m.new_zeros(0, m.shape[1]), m.new_zeros(0, 2, hidden), [])
 
@@ -264,3 +341,10 @@ class Memory:
         if isinstance(paraphrases, str) or len(paraphrases) != n:
             raise ValueError(f"paraphrases must be one list of strings per fact ({n}); got {paraphrases!r:.80}")
         return [self._check_texts(group, f"paraphrases[{i}]") for i, group in enumerate(paraphrases)]
+
+
+def _tensors(state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
+    """A sequential state's (memory, gram_pinv, free)."""
+    if not state.sequential:
+        raise ValueError("a memory's episodes are sequential states (with gram_pinv and free)")
+    return state.memory, state.gram_pinv, state.free  # type: ignore[return-value]

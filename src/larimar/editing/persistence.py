@@ -1,9 +1,13 @@
 """Memory files: one safetensors file with the MemoryState, the written items and the fact log.
 
-Tensors: the `MemoryState` ones (memory (1, K, C), gram_pinv and free (1, K, K)) under their
-usual names, so `MemoryState.load` reads the file, plus item_latents (N, C), item_keys (N, K)
-and item_embeddings (N, S, H) (scope keys; (N, H) in older files), all float64. The JSON metadata holds the fact log and a
-fingerprint of the model that wrote the file.
+Tensors: the `MemoryState` ones of the E episodes (memory (E, K, C), gram_pinv and free
+(E, K, K)) under their usual names, so `MemoryState.load` reads the file, plus item_latents
+(N, C), item_keys (N, K) and item_embeddings (N, S, H) (scope keys), all float64, and
+item_episodes (N,) int64. The JSON metadata holds the fact log and a fingerprint of the model
+that wrote the file.
+
+Files of version 1 (one episode, and sequence sketches without the reply-start context) are
+migrated on load: their facts are written again from their texts, keeping ids and dates.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..model.larimar import LarimarModel
 from .memory import Fact, Items, Memory
 
 KIND = "larimar.facts"
-KIND_VERSION = 1
+KIND_VERSION = 2
 
 
 def model_fingerprint(model: LarimarModel) -> str:
@@ -47,11 +51,13 @@ def save_memory(memory: Memory, path: Path) -> None:
     """Write `memory` to `path` via a temporary file in the same folder and an atomic rename."""
     state, items = memory.state, memory.items
     tensors = {name: t for name, t in (("memory", state.memory), ("gram_pinv", state.gram_pinv), ("free", state.free))}
-    tensors |= {"item_latents": items.latents, "item_keys": items.keys, "item_embeddings": items.embeddings}
+    tensors |= {"item_latents": items.latents, "item_keys": items.keys, "item_embeddings": items.embeddings,
+                "item_episodes": items.episodes}
     tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
     log = {
         "kind": KIND, "kind_version": KIND_VERSION, "model": model_fingerprint(memory.model),
         "facts": [_fact_record(f) for f in memory.facts()], "owners": items.owners,
+        "episode_items": memory.episode_items,
     }
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "metadata": json.dumps(log)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +98,21 @@ def load_memory(model: LarimarModel, path: Path) -> Memory:
             f"{path} was written with a different model (fingerprint {log.get('model')}, this model "
             f"{model_fingerprint(model)}); load it with the model that wrote it, or write the facts again"
         )
+    facts = [_fact(r) for r in log["facts"]]
+    if int(log.get("kind_version", 1)) > KIND_VERSION:
+        raise ValueError(f"{path} was written by a newer larimar (fact log version {log['kind_version']}); upgrade larimar")
+    if int(log.get("kind_version", 1)) < 2:
+        return _migrate(model, facts)
     state = MemoryState(tensors["memory"], tensors["gram_pinv"], tensors["free"])
-    embeddings = tensors["item_embeddings"]
-    if embeddings.ndim == 2:  # saved before the scope detector kept a head key per item
-        embeddings = embeddings[:, None, :]
-    items = Items(tensors["item_latents"], tensors["item_keys"], embeddings, list(log["owners"]))
-    return Memory(model, state, items, [_fact(r) for r in log["facts"]])
+    items = Items(tensors["item_latents"], tensors["item_keys"], tensors["item_embeddings"], list(log["owners"]),
+                  tensors["item_episodes"])
+    return Memory(model, state, items, facts, episode_items=log.get("episode_items"))
+
+
+def _migrate(model: LarimarModel, facts: list[Fact]) -> Memory:
+    """A memory holding `facts` written anew (same ids and dates) by this version's encoder."""
+    memory = Memory(model)
+    if facts:
+        memory._append([f.text for f in facts], [list(f.paraphrases) for f in facts], [f.id for f in facts],
+                       [f.created for f in facts])
+    return memory

@@ -347,9 +347,10 @@ class MemoryConditionedDecoder(nn.Module):
         max_new_tokens: int = 20,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        reply_start: bool = False,
     ) -> Tensor:
         """Greedy continuation (B, T + N), N <= max_new_tokens; see `greedy`."""
-        out = self.greedy(input_ids, attention_mask, z, max_new_tokens, eos_token_id, pad_token_id)
+        out = self.greedy(input_ids, attention_mask, z, max_new_tokens, eos_token_id, pad_token_id, reply_start)
         return out.sequences
 
     @torch.no_grad()
@@ -361,6 +362,7 @@ class MemoryConditionedDecoder(nn.Module):
         max_new_tokens: int = 20,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        reply_start: bool = False,
     ) -> GreedyOutput:
         """Greedy decoding of input_ids (B, T) with the KV cache, conditioned on z (B, C) if given.
 
@@ -368,6 +370,10 @@ class MemoryConditionedDecoder(nn.Module):
         generation config (pad falls back to the first eos), decoding stops once every row
         has produced an eos, and finished rows are padded. With z=None it picks the tokens of
         the base model's `generate(do_sample=False)` (without its logits processors).
+
+        `reply_start` (a sequence channel and z): the continuation is a new text (a chat
+        reply), so the sequence channel's context restarts at (START, START) after the prompt
+        and the memory can recall a written text from its first token.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
@@ -376,11 +382,15 @@ class MemoryConditionedDecoder(nn.Module):
             z = self._check_z(z, input_ids)
         eos, pad = self._stop_tokens(eos_token_id, pad_token_id, input_ids.device)
         inputs = self._prepare(input_ids, mask, z)
+        if reply_start and inputs.tokens is not None:
+            restart = torch.full_like(inputs.tokens[:, -1:], START)
+            inputs = inputs._replace(tokens=torch.cat([inputs.tokens[:, :-1], restart], 1),
+                                     previous=torch.cat([inputs.previous[:, :-1], restart], 1))
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         tokens, step_logits = [], []
         with self._adapters(z):
             for _ in range(max_new_tokens):
-                logits = self._logits(inputs, z)[:, -1]  # (B, V)
+                logits = self._logits(inputs, z, last_only=True)[:, -1]  # (B, V)
                 token = logits.argmax(-1)  # (B,)
                 if eos is not None:
                     token = token.masked_fill(done, pad)
@@ -485,8 +495,9 @@ class MemoryConditionedDecoder(nn.Module):
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
         )
 
-    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None) -> Tensor:
-        """Decoder logits (B, T', V) for one call; the cache grows by T' positions."""
+    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, last_only: bool = False) -> Tensor:
+        """Decoder logits (B, T', V) for one call, or (B, 1, V) at its last position with
+        `last_only` (generation needs no more); the cache grows by T' positions."""
         if z is not None and self.config.mode == "output":
             body, _ = self._body_and_head()
             hidden = body(
@@ -497,13 +508,19 @@ class MemoryConditionedDecoder(nn.Module):
                 use_cache=True,
             ).last_hidden_state  # (B, T', H)
             seen = self.copy_coverage(inputs.embeds, z, inputs.seen)
-            return self.fused_logits(hidden, z, seen, inputs.tokens, inputs.previous)
+            tokens, previous = inputs.tokens, inputs.previous
+            if last_only:
+                hidden, seen = hidden[:, -1:], seen[:, -1:]
+                tokens = None if tokens is None else tokens[:, -1:]
+                previous = None if previous is None else previous[:, -1:]
+            return self.fused_logits(hidden, z, seen, tokens, previous)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),
             position_ids=inputs.positions,
             cache=inputs.cache,
             use_cache=True,
+            logits_to_keep=1 if last_only else 0,
         ).logits
 
     def _attention_mask(self, inputs: _DecoderInputs) -> Tensor | dict[str, Tensor | None]:

@@ -6,15 +6,16 @@ better than not reading it. The sequence channel adds that: each decoder token v
 pseudo-random sign vectors of width D, two keys a(v), b(v) in {-1, +1}^D and a code c(v) in
 {-1, +1}^D / sqrt(D), all derived from a fixed integer hash of (v, coordinate), so no table is
 stored or trained. A text t_1 ... t_n (followed by the decoder's end-of-text token, and preceded
-by a start marker t_0) becomes
+by two start markers t_{-1} = t_0 = START) becomes
 
-    s = sum_i a(t_{i-1}) * b(t_i) * c(t_{i+1})          (elementwise products; D numbers)
+    s = sum_{i >= 0} a(t_{i-1}) * b(t_i) * c(t_{i+1})    (elementwise products; D numbers)
 
 a superposition of (two-token context, next token) triples. Unbinding with the current context
 (u', u) gives a(u') * b(u) * s = c(next) + noise, so the score c(v) . (a(u') * b(u) * s) is about
 1 for the token that followed that context in the written text (2 if it did twice) and about
 N(0, (n - 1) / D) for any other token. Two tokens of context, not one, keep repeated words
-("the", "and") from naming every word that ever followed them. The sketch is linear in its
+("the", "and") from naming every word that ever followed them. The (START, START) context
+names the text's first token, so a reply can recall a written text from its beginning. The sketch is linear in its
 triples, so it goes through the memory's least-squares write and read like the rest of the
 latent: a readout that mixes facts mixes their continuations.
 
@@ -62,16 +63,16 @@ def sequence_codes(ids: Tensor, dim: int) -> Tensor:
 
 
 def successor_sketch(token_lists: Sequence[Sequence[int]], dim: int) -> Tensor:
-    """Sketches (N, D) of N token sequences: the sum over positions i >= 1 of
-    a(t_{i-1}) * b(t_i) * c(t_{i+1}), with t_0 = START.
+    """Sketches (N, D) of N token sequences: the sum over positions i >= 0 of
+    a(t_{i-1}) * b(t_i) * c(t_{i+1}), with t_{-1} = t_0 = START.
 
-    A sequence of fewer than two tokens has nothing to bind and gives zeros.
+    An empty sequence has nothing to bind and gives zeros.
     """
     out = torch.zeros(len(token_lists), dim)
     for row, tokens in enumerate(token_lists):
-        if len(tokens) < 2:
+        if not tokens:
             continue
-        ids = torch.as_tensor([START, *tokens], dtype=torch.int64)
+        ids = torch.as_tensor([START, START, *tokens], dtype=torch.int64)
         out[row] = (sequence_keys(ids[:-2], ids[1:-1], dim) * sequence_codes(ids[2:], dim)).sum(0)
     return out
 

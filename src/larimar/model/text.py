@@ -35,8 +35,8 @@ def join_continuation(prompt: str, continuation: str) -> str:
     return f"{prompt} {continuation}"
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text)["input_ids"])
+def _ids(tokenizer: Any, text: str, special_tokens: bool = True) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -200,6 +200,7 @@ def generate(
     z: Tensor | None = None,
     max_new_tokens: int = 20,
     batch_size: int = 16,
+    chat: bool = False,
 ) -> list[str]:
     """Greedy continuations of each prompt, without the prompt, special tokens dropped.
 
@@ -208,6 +209,8 @@ def generate(
 
     Args:
         z: (N, C) one readout per prompt, or None.
+        chat: the prompts are formatted chat prompts (`larimar.model.chat`): tokenised without
+            adding special tokens, and each continuation is a reply (`reply_start`).
 
     Returns:
         (N,) generated texts.
@@ -218,14 +221,14 @@ def generate(
     device, pad = _device(decoder), pad_id(tokenizer)
     texts: list[str] = []
     for b in range(0, len(prompts), batch_size):
-        rows = [_ids(tokenizer, p) for p in prompts[b : b + batch_size]]
+        rows = [_ids(tokenizer, p, special_tokens=not chat) for p in prompts[b : b + batch_size]]
         if any(not ids for ids in rows):
             raise ValueError("cannot generate from an empty prompt")
         input_ids, mask = _left_padded(rows, pad, device)
         z_chunk = None if z is None else z[b : b + batch_size]
         sequences = decoder.generate(
             input_ids, mask, z=z_chunk, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, reply_start=chat,
         )  # (B, T + new)
         texts.extend(tokenizer.batch_decode(sequences[:, input_ids.shape[1] :], skip_special_tokens=True))
     return texts
