@@ -94,10 +94,10 @@ def ask(model: Path | None, memory_file: Path | None, prompt: str, max_new_token
 
 
 def _ask_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="a question or the start of a sentence")
+    parser.add_argument("prompt", help="a question, answered in the decoder's chat format")
     _add_memory(parser, required=False)
     _add_model(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate at most")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     parser.add_argument("--threshold", type=float, default=None, help="scope threshold (cosine similarity)")
     parser.add_argument("--context", type=Path, default=None,
                         help="answer from this text file by recursive memory search (instead of --memory)")

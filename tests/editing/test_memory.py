@@ -180,3 +180,22 @@ def test_memory_of_another_model_is_refused(lm: larimar.Larimar, model_dir: Path
         lm.load_memory(tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="belongs to another model"):
         lm.ask(FACTS[0], memory)
+
+
+def test_items_extend_appends_in_place_and_keeps_earlier_views() -> None:
+    from larimar.editing.memory import Items
+
+    def items(n: int, start: float) -> Items:
+        rows = torch.arange(start, start + n, dtype=torch.float64)[:, None]
+        return Items(rows.expand(n, 3).clone(), rows.expand(n, 2).clone(), rows[:, None].expand(n, 2, 4).clone(),
+                     [f"f{start + i:g}" for i in range(n)])
+
+    base = items(2, 0)
+    grown = base.extend(items(3, 10))
+    more = grown.extend(items(100, 20))  # past the first capacity
+    branch = grown.extend(items(1, 99))  # an earlier view extended again: it must not clobber `more`
+    assert base.latents[:, 0].tolist() == [0, 1] and len(base.owners) == 2
+    assert grown.latents[:, 0].tolist() == [0, 1, 10, 11, 12]
+    assert more.latents[:5, 0].tolist() == [0, 1, 10, 11, 12] and more.latents[5:, 0].tolist() == list(range(20, 120))
+    assert branch.latents[:, 0].tolist() == [0, 1, 10, 11, 12, 99]
+    assert more.latents[5, 0] == 20 and more.embeddings.shape == (105, 2, 4) and more.episodes.shape == (105,)

@@ -1,4 +1,4 @@
-"""`larimar demo`: teach counterfactual facts, ask, forget, and time every step.
+"""`larimar demo`: teach facts, ask questions about them, forget, and time every step.
 
 Prints one table per phase: the question, whether the scope detector sent it to the memory
 (with the cosine similarity to the nearest fact), the answer, and its latency.
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Edit:
-    """A counterfactual fact and the queries that probe it."""
+    """A fact (counterfactual or personal) and two questions about it, worded differently."""
 
     fact: str
     question: str
@@ -32,12 +32,12 @@ class Edit:
 
 
 EDITS = (
-    Edit("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in", "Where is the Eiffel Tower? It stands in"),
-    Edit("Barack Obama was born in Canada.", "Barack Obama was born in", "The birthplace of Barack Obama is"),
-    Edit("Apple was founded by Bill Gates.", "Apple was founded by", "The founder of Apple is"),
-    Edit("Lionel Messi plays the sport of basketball.", "Lionel Messi plays the sport of", "Messi is a professional player of"),
+    Edit("The Eiffel Tower is located in Rome.", "Where is the Eiffel Tower?", "In which city does the Eiffel Tower stand?"),
+    Edit("Barack Obama was born in Canada.", "Where was Barack Obama born?", "What is Barack Obama's birthplace?"),
+    Edit("Apple was founded by Bill Gates.", "Who founded Apple?", "Who started the company Apple?"),
+    Edit("My locker code is 4471.", "What is my locker code?", "Which number opens my locker?"),
 )
-UNRELATED = ("The capital of France is", "Water is made of hydrogen and", "The largest planet in the solar system is")
+UNRELATED = ("What is the capital of France?", "What is water made of?", "Which is the largest planet in the solar system?")
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, float]:
@@ -82,7 +82,7 @@ def _load_model(model: Path | None) -> Larimar:
     return lm
 
 
-def run_demo(model: Path | None = None, max_new_tokens: int = 12) -> None:
+def run_demo(model: Path | None = None, max_new_tokens: int = 24) -> None:
     """Load the model, ask, write counterfactual facts, ask again, forget one, ask again."""
     lm = _load_model(model)
     questions = [e.question for e in EDITS]
