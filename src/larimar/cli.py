@@ -212,11 +212,12 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="the training config (YAML) of the run")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint-STEP folder of that run")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a checkpoint-STEP folder of that run (default: the config's export.checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the loadable model")
     parser.add_argument("--readout-scale", type=float, default=None, help="override the model's readout_scale")
-    parser.add_argument("--sequence-size", type=int, default=0,
-                        help="add a sequence channel of this width (mode output; it has no trained weights)")
+    parser.add_argument("--sequence-size", type=int, default=None,
+                        help="add a sequence channel of this width (default: the config's export.sequence_size)")
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -225,18 +226,24 @@ def _run_export(args: argparse.Namespace) -> None:
     from .train.trainer import WEIGHTS_FILE
 
     config = TrainConfig.from_yaml(args.config)
-    weights = args.checkpoint / WEIGHTS_FILE
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        if config.export.checkpoint is None:
+            raise SystemExit("error: pass --checkpoint (the config names no export.checkpoint)")
+        checkpoint = Path(config.output_dir) / f"checkpoint-{config.export.checkpoint:07d}"
+    weights = checkpoint / WEIGHTS_FILE
     if not weights.is_file():
-        raise SystemExit(f"error: no {WEIGHTS_FILE} in {args.checkpoint}; pass a checkpoint-STEP folder")
+        raise SystemExit(f"error: no {WEIGHTS_FILE} in {checkpoint}; pass a checkpoint-STEP folder")
+    if args.sequence_size is not None:
+        if args.sequence_size < 0:
+            raise SystemExit("error: --sequence-size must be >= 0")
+        config.export.sequence_size = args.sequence_size
+    model_config = config.export.model_config(config.model)
     if args.readout_scale is not None:
         if args.readout_scale <= 0:
             raise SystemExit("error: --readout-scale must be > 0")
-        config.model.readout_scale = args.readout_scale
-    if args.sequence_size < 0:
-        raise SystemExit("error: --sequence-size must be >= 0")
-    if args.sequence_size:
-        config.model = config.model.with_sequence_channel(args.sequence_size)
-    model = LarimarModel.from_config(config.model)
+        model_config.readout_scale = args.readout_scale
+    model = LarimarModel.from_config(model_config)
     model.load_trained(weights)
     model.save_pretrained(args.out)
     print(f"saved a loadable model to {args.out}")

@@ -126,6 +126,42 @@ class FusionConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How `larimar export` turns a checkpoint of this run into the model that ships: the
+    weightless parts and the inference settings chosen by measurement (see `model_config`)."""
+
+    checkpoint: int | None = None
+    """The step of the checkpoint to export by default (None: the option is required)."""
+    sequence_size: int = 0
+    """Width of a weightless sequence channel to add (`LarimarConfig.with_sequence_channel`)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Inference settings merged into the model config: top-level keys (scope_threshold,
+    readout_scale) and a `conditioning` mapping (copy and sequence rules)."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_size < 0:
+            raise ValueError(f"export.sequence_size must be >= 0; got {self.sequence_size}")
+        allowed = {"scope_threshold", "readout_scale", "conditioning"}
+        unknown = set(self.settings) - allowed
+        if unknown:
+            raise ValueError(f"export.settings may set {sorted(allowed)}; got {sorted(unknown)}")
+
+    def model_config(self, trained: LarimarConfig) -> LarimarConfig:
+        """The exported model's config: the trained one, plus the channel and settings."""
+        config = trained.with_sequence_channel(self.sequence_size) if self.sequence_size else trained
+        data = config.to_dict()
+        for key, value in self.settings.items():
+            if key == "conditioning":
+                unknown = set(value) - set(data["conditioning"])
+                if unknown:
+                    raise ValueError(f"export.settings.conditioning: unknown keys {sorted(unknown)}")
+                data["conditioning"].update(value)
+            else:
+                data[key] = value
+        return LarimarConfig.from_dict(data)
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -145,6 +181,8 @@ class TrainConfig:
     """Run length and bookkeeping."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
     """Cached-state training (used when the model's conditioning mode is "output")."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """What `larimar export` adds to a checkpoint of this run."""
 
     @property
     def uses_cached_states(self) -> bool:
@@ -161,7 +199,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from nested dictionaries; unknown keys are an error that names them."""
         sections = {"model": LarimarConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig,
-                    "fusion": FusionConfig}
+                    "fusion": FusionConfig, "export": ExportConfig}
         _reject_unknown(cls, data, "")
         kwargs = dict(data)
         for name, klass in sections.items():
