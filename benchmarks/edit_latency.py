@@ -1,13 +1,14 @@
-"""Latency of editing and querying a Larimar model, against the encoder and the plain decoder.
+"""Latency of editing and querying a Larimar model, against the encoder and the plain decoder,
+with few and with many facts in memory.
 
-    python benchmarks/edit_latency.py [--model PATH] [--repeats 20] [--out benchmarks/results/edit_latency.json]
+    python benchmarks/edit_latency.py [--model PATH] [--sizes 16,10000] [--repeats 20]
 
-Per edit: encode + sequential RLS write of one fact (and its parts: the encoder pass that yields
-latent and scope embedding, and the RLS update), and forgetting it; the reference is one
-encoder forward pass of the fact. Per query: scoring one candidate and greedy generation,
-with no memory, out of scope, and in scope; the reference is the plain decoder (z=None).
-Times are medians over repeats after one warm-up call; the memory holds `--facts` facts.
-Prints a markdown table and writes JSON.
+For each memory size N (facts already written): per edit, writing one fact (encode + the RLS
+update of the newest episode) and forgetting it, against one encoder forward pass of the fact;
+per query, the scope decision, scoring one candidate and greedy generation in scope, against
+the plain decoder (z=None) on the same prompt. Ratios are taken within one run: query time at
+the largest N against the smallest. Times are medians over repeats after a warm-up call.
+Prints markdown tables and writes JSON (benchmarks/results/edit_latency.json).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -25,21 +27,24 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import larimar
-from larimar.editing.encoding import encode_texts
-from larimar.memory import pinv
 from larimar.model.text import continuation_nll, generate
 
-FACTS = [
-    "The Eiffel Tower is located in Rome.", "Barack Obama was born in Canada.",
-    "Apple was founded by Bill Gates.", "Lionel Messi plays the sport of basketball.",
-    "The Danube flows into the Pacific Ocean.", "Mount Everest is in the Alps.",
-    "Shakespeare wrote Don Quixote.", "The Beatles came from Sydney.",
-]
 QUERY_FACT = "The mother tongue of Danielle Darrieux is English."
 EDIT_FACT = "The Colosseum is located in Berlin."
 IN_SCOPE = "The mother tongue of Danielle Darrieux is"
-OUT_OF_SCOPE = "The largest planet in the solar system is"
+QUESTION = "What is the mother tongue of Danielle Darrieux?"
 CANDIDATE = "English"
+NAMES = ["Alder", "Birch", "Cedar", "Dover", "Elm", "Fenwick", "Garnet", "Hollis", "Ivy", "Juniper", "Kestrel",
+         "Linden", "Marlow", "Nettle", "Orrin", "Pike", "Quarry", "Rowan", "Sable", "Thorne"]
+THINGS = ["workshop", "bakery", "clinic", "library", "garage", "studio", "warehouse", "gallery", "kiosk", "depot"]
+CITIES = ["Graz", "Porto", "Lyon", "Tampere", "Bergen", "Utrecht", "Ghent", "Aarhus", "Brno", "Riga"]
+
+
+def filler_facts(n: int, seed: int = 0) -> list[str]:
+    """n distinct invented facts, e.g. 'The Kestrel Rowan bakery no. 17 is in Porto.'"""
+    rng = random.Random(seed)
+    return [f"The {rng.choice(NAMES)} {rng.choice(NAMES)} {rng.choice(THINGS)} no. {i} is in {rng.choice(CITIES)}."
+            for i in range(n)]
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -53,14 +58,9 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def edit_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int) -> dict[str, float]:
-    """ms of: one encoder pass, the editing encoder pass, the RLS update, write, forget."""
+def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
+    """ms of: one encoder pass of a fact, writing it, forgetting it."""
     model = memory.model
-    z, _ = encode_texts(model.encoder, [EDIT_FACT])
-    keys = model.memory.address(z[None])
-
-    def write_then_forget() -> None:
-        memory.forget(memory.write([EDIT_FACT])[0])
 
     def write_timed() -> float:
         start = time.perf_counter()
@@ -75,63 +75,39 @@ def edit_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int) ->
         memory.forget(fact_id)
         return time.perf_counter() - start
 
-    write_then_forget()
+    write_timed()
     return {
         "encoder_forward": timed(lambda: model.encoder.encode([EDIT_FACT]), repeats),
-        "encode_latent_and_embedding": timed(lambda: encode_texts(model.encoder, [EDIT_FACT]), repeats),
-        "rls_update": timed(lambda: model.memory.update(memory.state, z[None], keys=keys), repeats),
         "write": 1e3 * statistics.median(write_timed() for _ in range(repeats)),
         "forget": 1e3 * statistics.median(forget_timed() for _ in range(repeats)),
     }
 
 
-def query_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int, new_tokens: int) -> dict[str, Any]:
-    """ms of scoring and generation: plain decoder, no memory, out of scope, in scope."""
+def query_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int, new_tokens: int) -> dict[str, float]:
+    """ms of the scope decision, scoring and generation in scope, and of the plain decoder."""
     decoder, tok = lm.model.decoder, lm.tokenizer
-    if not lm.scope(IN_SCOPE, memory).in_scope or lm.scope(OUT_OF_SCOPE, memory).in_scope:
-        raise SystemExit(f"the scope detector (threshold {lm.scope_threshold}) misroutes the benchmark's queries")
-    cfg = memory.model.memory.config
-    m = memory.state.memory[0]  # (K, C)
-    rows: dict[str, Any] = {
-        "memory_pinv_once_per_change": timed(lambda: pinv(m, cfg.pinv, cfg.pinv_steps, cfg.pinv_rtol), repeats),
+    if not lm.scope(IN_SCOPE, memory).in_scope:
+        raise SystemExit(f"the scope detector (threshold {lm.scope_threshold}) does not route the benchmark's query")
+    z = lm.scope(IN_SCOPE, memory).z
+    return {
         "scope_decision": timed(lambda: lm.scope(IN_SCOPE, memory), repeats),
         "score_plain_decoder": timed(lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE]), repeats),
-        "score_no_memory": timed(lambda: lm.score(IN_SCOPE, [CANDIDATE]), repeats),
-        "score_out_of_scope": timed(lambda: lm.score(OUT_OF_SCOPE, [CANDIDATE], memory), repeats),
         "score_in_scope": timed(lambda: lm.score(IN_SCOPE, [CANDIDATE], memory), repeats),
+        "score_in_scope_given_readout": timed(lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE], z=z), repeats),
+        "generate_plain_decoder": timed(lambda: generate(decoder, tok, [IN_SCOPE], max_new_tokens=new_tokens), repeats),
+        "generate_in_scope_given_readout": timed(
+            lambda: generate(decoder, tok, [IN_SCOPE], z=z, max_new_tokens=new_tokens), repeats),
+        "generate_in_scope": timed(lambda: lm.generate(IN_SCOPE, memory, max_new_tokens=new_tokens), repeats),
+        "ask_in_scope": timed(lambda: lm.ask(QUESTION, memory, max_new_tokens=new_tokens), repeats),
     }
-    z = lm.scope(IN_SCOPE, memory).z
-    plain = lambda: generate(decoder, tok, [IN_SCOPE], max_new_tokens=new_tokens)  # noqa: E731
-    rows["generate_plain_decoder"] = timed(plain, repeats)
-    rows["generate_in_scope"] = timed(lambda: lm.generate(IN_SCOPE, memory, max_new_tokens=new_tokens), repeats)
-    rows["generated_tokens"] = {
-        "plain": len(tok(plain()[0])["input_ids"]),
-        "in_scope": len(tok(generate(decoder, tok, [IN_SCOPE], z=z, max_new_tokens=new_tokens)[0])["input_ids"]),
-    }
-    return rows
-
-
-def print_table(edit: dict[str, float], query: dict[str, Any]) -> None:
-    enc = edit["encoder_forward"]
-    print("| per edit | ms | x encoder forward |\n|---|---:|---:|")
-    for name, ms in edit.items():
-        print(f"| {name} | {ms:.1f} | {ms / enc:.2f} |")
-    base_score, base_gen = query["score_plain_decoder"], query["generate_plain_decoder"]
-    print("\n| per query | ms | x plain decoder |\n|---|---:|---:|")
-    for name, ms in query.items():
-        if name == "generated_tokens":
-            continue
-        base = base_gen if name.startswith("generate") else base_score  # pinv, scope: vs scoring
-        print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
-    print(f"\ngenerated tokens: {query['generated_tokens']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="saved Larimar model (default: built-in)")
+    parser.add_argument("--sizes", default="16,10000", help="facts in memory, comma-separated")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--facts", type=int, default=len(FACTS), help="facts already in the memory")
-    parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per query")
+    parser.add_argument("--new-tokens", type=int, default=12, help="tokens generated per query at most")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edit_latency.json"))
     args = parser.parse_args()
@@ -141,17 +117,34 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     lm = larimar.load(args.model)
-    memory = lm.new_memory()
-    memory.write((FACTS * (args.facts // len(FACTS) + 1))[: args.facts])
-    memory.write([QUERY_FACT])  # answers the in-scope query; the timed edits add and remove EDIT_FACT
-    edit = edit_latencies(lm, memory, args.repeats)
-    query = query_latencies(lm, memory, args.repeats, args.new_tokens)
-    print_table(edit, query)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    filler = filler_facts(max(sizes))
+    memory, written, rows = lm.new_memory(), 0, {}
+    memory.write([QUERY_FACT])
+    for n in sizes:
+        start = time.perf_counter()
+        for i in range(written, n - 1, 256):
+            memory.write(filler[i : min(i + 256, n - 1)])
+        written = max(written, n - 1)
+        print(f"{len(memory)} facts in {memory.episodes} episodes (filled in {time.perf_counter() - start:.0f} s)",
+              flush=True)
+        rows[n] = {"edit": edit_latencies(memory, args.repeats), "query": query_latencies(lm, memory, args.repeats, args.new_tokens)}
+
+    print("\n| facts | write ms | x encoder pass | forget ms | scope ms | score in scope x plain | generate in scope x plain | ask ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, r in rows.items():
+        e, q = r["edit"], r["query"]
+        print(f"| {n} | {e['write']:.1f} | {e['write'] / e['encoder_forward']:.2f} | {e['forget']:.1f} | "
+              f"{q['scope_decision']:.1f} | {q['score_in_scope'] / q['score_plain_decoder']:.2f} | "
+              f"{q['generate_in_scope'] / q['generate_plain_decoder']:.2f} | {q['ask_in_scope']:.0f} |")
+    small, large = rows[sizes[0]]["query"], rows[sizes[-1]]["query"]
+    ratios = {k: large[k] / small[k] for k in ("scope_decision", "score_in_scope", "generate_in_scope", "ask_in_scope")}
+    print(f"\nquery time at {sizes[-1]} facts / at {sizes[0]}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     result = {
-        "model": str(args.model or "built-in"), "config": lm.model.config.to_dict(), "facts_in_memory": len(memory),
-        "repeats": args.repeats, "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
-        "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-        "per_edit_ms": edit, "per_query_ms": query,
+        "model": str(args.model or "built-in"), "sizes": sizes, "repeats": args.repeats, "new_tokens": args.new_tokens,
+        "torch_threads": torch.get_num_threads(), "machine": platform.platform(), "processor": platform.processor(),
+        "torch": torch.__version__, "episode_items": memory.episode_items, "rows_ms": rows,
+        "query_large_over_small": ratios,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -276,3 +276,21 @@ def test_sequence_model_round_trips(tmp_path) -> None:
     texts = ["the cat sat on the mat.", "a dog"]
     torch.testing.assert_close(loaded.encode(texts), saved.encode(texts))
     assert loaded.memory.config.key_size == CODE and loaded.decoder.z_size == CODE + SEQ
+
+
+def test_candidate_scores_equal_the_full_scores_on_their_columns() -> None:
+    torch.manual_seed(0)
+    scorer = SuccessorScorer(300, 512)
+    texts = [[5, 17, 42, 7], [100, 101, 5]]
+    sketch = successor_sketch(texts, 512)  # (2, D)
+    tokens, previous = torch.tensor([[17, 42], [101, 5]]), torch.tensor([[5, 17], [100, 101]])  # (2, 2)
+    full = scorer.scores(sketch[:, None].expand(-1, 2, -1), tokens, previous)  # (2, 2, V)
+    candidates = torch.tensor([[5, 17, 42, 7], [100, 101, 5, 100]])  # row 2 padded with its first id
+    some = scorer.scores(sketch[:, None].expand(-1, 2, -1), tokens, previous, candidates)
+    for row in range(2):
+        cols = candidates[row].unique()
+        torch.testing.assert_close(some[row][:, cols], full[row][:, cols], atol=2e-2, rtol=0)  # bf16 table
+        others = torch.ones(300, dtype=torch.bool)
+        others[cols] = False
+        assert (some[row][:, others] == 0).all()
+    assert int(some[0, 0].argmax()) == 42 and int(some[1, 1].argmax()) == full[1, 1].argmax()

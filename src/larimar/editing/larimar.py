@@ -64,6 +64,9 @@ class ScopeDecision:
     """Cosine similarity to that fact or one of its paraphrases (None without facts)."""
     z: Tensor | None
     """(1, C) scaled readout in the decoder's dtype when in scope, else None."""
+    tokens: tuple[int, ...] | None = None
+    """The decoder token ids of the recalled text when in scope and the model has a sequence
+    channel (the only tokens its successor sketch can name), else None."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,16 @@ class Larimar:
             return ScopeDecision(False, fact_id, similarity, None)
         z = self.model.config.readout_scale * memory.recall([row])  # (1, C) float64
         z = z.to(self.model.decoder.memory_map.weight.dtype)
-        return ScopeDecision(True, fact_id, similarity, z)
+        return ScopeDecision(True, fact_id, similarity, z, self._sketch_tokens(memory.item_text(row)))
+
+    def _sketch_tokens(self, text: str) -> tuple[int, ...] | None:
+        """The decoder ids a text's successor sketch holds (its tokens and the end token)."""
+        encoder = self.model.encoder
+        if not encoder.sequence_size:
+            return None
+        tok = encoder.lexical_tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return tuple(sorted(set(ids) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())))
 
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 20,
                  scope_threshold: float | None = None) -> str:
@@ -175,7 +187,8 @@ class Larimar:
                 continue
             z = torch.cat([decisions[i].z for i in rows]) if in_scope else None  # (n, C)
             texts = generate(self.model.decoder, self.tokenizer, [prompts[i] for i in rows], z=z,
-                             max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
+                             candidates=_candidates([decisions[i] for i in rows]))
             for i, text in zip(rows, texts):
                 out[i] = text
         return out
@@ -190,7 +203,9 @@ class Larimar:
             raise ValueError("candidates must be a non-empty list of strings, e.g. ['Paris', 'Rome']")
         decision = self.scope(prompt, memory, scope_threshold)
         z = None if decision.z is None else decision.z.expand(len(candidates), -1)  # (n, C)
-        return continuation_nll(self.model.decoder, self.tokenizer, [prompt] * len(candidates), list(candidates), z=z)
+        recalled = _candidates([decision])
+        return continuation_nll(self.model.decoder, self.tokenizer, [prompt] * len(candidates), list(candidates), z=z,
+                                candidates=None if recalled is None else recalled * len(candidates))
 
     def answer(self, question: str, context: str | Sequence[str], fan_out: int = DEFAULT_FAN_OUT,
                keep: int = DEFAULT_KEEP, max_new_tokens: int = 20) -> LongAnswer:
@@ -239,6 +254,12 @@ def load(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
         path = BUILTIN_DIR
     logger.info("loading Larimar model from %s", path)
     return Larimar(LarimarModel.from_pretrained(path, dtype=dtype).to(device), scope_threshold)
+
+
+def _candidates(decisions: Sequence[ScopeDecision]) -> list[tuple[int, ...]] | None:
+    """The recalled texts' token ids of in-scope decisions, when every one has them."""
+    tokens = [d.tokens for d in decisions]
+    return None if any(t is None for t in tokens) else tokens  # type: ignore[return-value]
 
 
 def _threshold(value: float | None, default: float) -> float:

@@ -279,6 +279,12 @@ class Memory:
             out.append(self._model.memory.read(state, z, keys=w)[0])  # (1, C)
         return torch.cat(out)
 
+    def item_text(self, row: int) -> str:
+        """The text written in an item row: its fact, or one of the fact's paraphrases."""
+        owner = self._items.owners[row]
+        fact = self._facts[owner]
+        return (fact.text, *fact.paraphrases)[row - self._items.owners.index(owner)]
+
     def nearest(self, embedding: Tensor) -> tuple[str, float] | None:
         """The fact whose text or paraphrase is most similar to a unit embedding (H,) or to
         any of several views of one query (V, H), and the cosine similarity; None when the

@@ -320,11 +320,14 @@ class MemoryConditionedDecoder(nn.Module):
         attention_mask: Tensor | None = None,
         z: Tensor | None = None,
         labels: Tensor | None = None,
+        candidates: Tensor | None = None,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) for input_ids (B, T), conditioned on z (B, C) if given.
 
         With z=None this is exactly the base decoder called with input_ids and attention_mask.
         labels (B, T) give `loss`, the mean next-token cross-entropy over labels != -100.
+        candidates (B, M): the token ids of the text each readout recalls, which limits the
+        sequence channel's scores to them (`SuccessorScorer.scores`).
         """
         if z is None:
             with self._adapters(None):
@@ -334,7 +337,7 @@ class MemoryConditionedDecoder(nn.Module):
             z = self._check_z(z, input_ids)
             inputs = self._prepare(input_ids, mask, z)
             with self._adapters(z):
-                logits = self._logits(inputs, z)[:, -input_ids.shape[1] :]  # (B, T, V)
+                logits = self._logits(inputs, z, candidates=candidates)[:, -input_ids.shape[1] :]  # (B, T, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
@@ -348,9 +351,11 @@ class MemoryConditionedDecoder(nn.Module):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         reply_start: bool = False,
+        candidates: Tensor | None = None,
     ) -> Tensor:
         """Greedy continuation (B, T + N), N <= max_new_tokens; see `greedy`."""
-        out = self.greedy(input_ids, attention_mask, z, max_new_tokens, eos_token_id, pad_token_id, reply_start)
+        out = self.greedy(input_ids, attention_mask, z, max_new_tokens, eos_token_id, pad_token_id, reply_start,
+                          candidates)
         return out.sequences
 
     @torch.no_grad()
@@ -363,6 +368,7 @@ class MemoryConditionedDecoder(nn.Module):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         reply_start: bool = False,
+        candidates: Tensor | None = None,
     ) -> GreedyOutput:
         """Greedy decoding of input_ids (B, T) with the KV cache, conditioned on z (B, C) if given.
 
@@ -373,7 +379,8 @@ class MemoryConditionedDecoder(nn.Module):
 
         `reply_start` (a sequence channel and z): the continuation is a new text (a chat
         reply), so the sequence channel's context restarts at (START, START) after the prompt
-        and the memory can recall a written text from its first token.
+        and the memory can recall a written text from its first token. `candidates`: see
+        `forward`.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
@@ -390,7 +397,7 @@ class MemoryConditionedDecoder(nn.Module):
         tokens, step_logits = [], []
         with self._adapters(z):
             for _ in range(max_new_tokens):
-                logits = self._logits(inputs, z, last_only=True)[:, -1]  # (B, V)
+                logits = self._logits(inputs, z, last_only=True, candidates=candidates)[:, -1]  # (B, V)
                 token = logits.argmax(-1)  # (B,)
                 if eos is not None:
                     token = token.masked_fill(done, pad)
@@ -495,7 +502,8 @@ class MemoryConditionedDecoder(nn.Module):
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
         )
 
-    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, last_only: bool = False) -> Tensor:
+    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, last_only: bool = False,
+                candidates: Tensor | None = None) -> Tensor:
         """Decoder logits (B, T', V) for one call, or (B, 1, V) at its last position with
         `last_only` (generation needs no more); the cache grows by T' positions."""
         if z is not None and self.config.mode == "output":
@@ -513,7 +521,7 @@ class MemoryConditionedDecoder(nn.Module):
                 hidden, seen = hidden[:, -1:], seen[:, -1:]
                 tokens = None if tokens is None else tokens[:, -1:]
                 previous = None if previous is None else previous[:, -1:]
-            return self.fused_logits(hidden, z, seen, tokens, previous)
+            return self.fused_logits(hidden, z, seen, tokens, previous, candidates)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),
@@ -597,7 +605,8 @@ class MemoryConditionedDecoder(nn.Module):
         return run.unsqueeze(-1)
 
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
-                     tokens: Tensor | None = None, previous: Tensor | None = None) -> Tensor:
+                     tokens: Tensor | None = None, previous: Tensor | None = None,
+                     candidates: Tensor | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -616,6 +625,7 @@ class MemoryConditionedDecoder(nn.Module):
         (threshold t), and the copy term is off where the sketch confidently
         continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
         With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
+        candidates (B, M) limit the successor scores to the recalled text's tokens.
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -638,7 +648,8 @@ class MemoryConditionedDecoder(nn.Module):
         if self.successors is not None and tokens is not None:
             if previous is None:
                 previous = torch.full_like(tokens, START)
-            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device))  # (..., V)
+            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device),
+                                            candidates)  # (..., V)
             logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
                 1 - cfg.sequence_threshold)
             pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token

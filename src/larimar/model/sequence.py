@@ -113,16 +113,27 @@ class SuccessorScorer:
             self._tables[device] = torch.cat(rows)
         return self._tables[device]
 
-    def scores(self, sketch: Tensor, tokens: Tensor, previous: Tensor) -> Tensor:
+    def scores(self, sketch: Tensor, tokens: Tensor, previous: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Successor scores (..., V) for current tokens (...) after `previous` (...) under
         sketches (..., D).
 
         The token that followed this context in the written text scores about 1 (times the
-        readout's weight on that text); unrelated tokens about 0.
+        readout's weight on that text); unrelated tokens about 0. With `candidates` (B, M), the
+        token ids of the texts the sketches hold (B the leading dimension of `tokens`; pad a row
+        by repeating one of its ids), only those are scored and every other token gets 0, its
+        expected score: a product of M columns instead of V.
         """
         if sketch.shape[-1] != self.dim:
             raise ValueError(f"sketch must have width {self.dim}; got {sketch.shape[-1]}")
         keys = sequence_keys(previous.to(tokens.device), tokens, self.dim).to(sketch.device)
         query = keys * sketch.float() / self.dim**0.5
         table = self.table(sketch.device)
-        return (query.to(torch.bfloat16) @ table.T).float()
+        if candidates is None:
+            return (query.to(torch.bfloat16) @ table.T).float()
+        batch = candidates.shape[0]
+        codes = table[candidates.to(sketch.device)].float()  # (B, M, D)
+        flat = query.reshape(batch, -1, self.dim)  # (B, P, D)
+        picked = flat @ codes.transpose(1, 2)  # (B, P, M)
+        out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
+        index = candidates.to(sketch.device)[:, None, :].expand(-1, flat.shape[1], -1)
+        return out.scatter(-1, index, picked).reshape(*query.shape[:-1], self.vocab_size)

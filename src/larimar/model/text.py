@@ -76,6 +76,16 @@ def encode_pairs(
     return pairs
 
 
+def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) -> Tensor | None:
+    """(N, M) token ids per row, each row padded by repeating its first id; None stays None."""
+    if rows is None:
+        return None
+    if any(not r for r in rows):
+        raise ValueError("every row of candidates needs at least one token id")
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
 def _check_z(z: Tensor | None, n: int) -> None:
     if z is not None and (z.dim() != 2 or z.shape[0] != n):
         raise ValueError(f"z must have one row per prompt, shape ({n}, code_size); got {tuple(z.shape)}")
@@ -132,6 +142,7 @@ def score_tokens(
     continuations: Sequence[str],
     z: Tensor | None = None,
     batch_size: int = 16,
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> list[TokenScores]:
     """Teacher-forced scores of each continuation after its prompt.
 
@@ -144,6 +155,8 @@ def score_tokens(
         continuations: (N,) continuation texts, see :func:`join_continuation`.
         z: (N, C) one readout per prompt, or None for the base decoder.
         batch_size: sequences per forward pass.
+        candidates: (N,) token ids of the text each readout recalls (see
+            `MemoryConditionedDecoder.forward`), or None.
 
     Returns:
         (N,) scores over each continuation's tokens.
@@ -158,7 +171,8 @@ def score_tokens(
         chunk = pairs[b : b + batch_size]
         input_ids, mask = _right_padded([ids for ids, _ in chunk], pad, device)
         z_chunk = None if z is None else z[b : b + batch_size]
-        logits = decoder(input_ids, mask, z=z_chunk).logits  # (B, T, V)
+        chunk_candidates = candidate_ids(None if candidates is None else candidates[b : b + batch_size], device)
+        logits = decoder(input_ids, mask, z=z_chunk, candidates=chunk_candidates).logits  # (B, T, V)
         # softmax in at least float32, never in half precision
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
@@ -178,6 +192,7 @@ def continuation_nll(
     continuations: Sequence[str],
     z: Tensor | None = None,
     batch_size: int = 16,
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> list[float]:
     """Mean token negative log-likelihood (nats) of each continuation after its prompt.
 
@@ -188,7 +203,7 @@ def continuation_nll(
     Returns:
         (N,) mean NLL over each continuation's tokens.
     """
-    scored = score_tokens(decoder, tokenizer, prompts, continuations, z, batch_size)
+    scored = score_tokens(decoder, tokenizer, prompts, continuations, z, batch_size, candidates)
     return [-s.log_probs.mean().item() for s in scored]
 
 
@@ -201,6 +216,7 @@ def generate(
     max_new_tokens: int = 20,
     batch_size: int = 16,
     chat: bool = False,
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
     """Greedy continuations of each prompt, without the prompt, special tokens dropped.
 
@@ -211,6 +227,7 @@ def generate(
         z: (N, C) one readout per prompt, or None.
         chat: the prompts are formatted chat prompts (`larimar.model.chat`): tokenised without
             adding special tokens, and each continuation is a reply (`reply_start`).
+        candidates: (N,) token ids of the text each readout recalls, or None.
 
     Returns:
         (N,) generated texts.
@@ -229,6 +246,7 @@ def generate(
         sequences = decoder.generate(
             input_ids, mask, z=z_chunk, max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, reply_start=chat,
+            candidates=candidate_ids(None if candidates is None else candidates[b : b + batch_size], device),
         )  # (B, T + new)
         texts.extend(tokenizer.batch_decode(sequences[:, input_ids.shape[1] :], skip_special_tokens=True))
     return texts
