@@ -293,4 +293,4 @@ def test_candidate_scores_equal_the_full_scores_on_their_columns() -> None:
         others = torch.ones(300, dtype=torch.bool)
         others[cols] = False
         assert (some[row][:, others] == 0).all()
-    assert int(some[0, 0].argmax()) == 42 and int(some[1, 1].argmax()) == full[1, 1].argmax()
+    assert int(some[0, 0].argmax()) == 42 and int(some[1, 0].argmax()) == 5  # the successors
