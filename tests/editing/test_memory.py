@@ -199,3 +199,20 @@ def test_items_extend_appends_in_place_and_keeps_earlier_views() -> None:
     assert more.latents[:5, 0].tolist() == [0, 1, 10, 11, 12] and more.latents[5:, 0].tolist() == list(range(20, 120))
     assert branch.latents[:, 0].tolist() == [0, 1, 10, 11, 12, 99]
     assert more.latents[5, 0] == 20 and more.embeddings.shape == (105, 2, 4) and more.episodes.shape == (105,)
+
+
+def test_copy_changes_independently_and_write_encoded_replays_a_write(lm: larimar.Larimar) -> None:
+    memory = larimar.Memory(lm.model, episode_items=2)
+    memory.write(FACTS[:3])
+    twin = memory.copy()
+    [new] = twin.write(FACTS[3:4])
+    assert len(memory) == 3 and len(twin) == 4 and twin.episodes == 2
+    replayed = memory.copy()
+    start = len(memory.items.owners)
+    rows = twin.items.select(torch.arange(len(twin.items.owners)) >= start)
+    replayed.write_encoded(rows, [f for f in twin.facts() if f.id == new])
+    assert replayed.facts() == twin.facts() and replayed.items.episodes.tolist() == twin.items.episodes.tolist()
+    for a, b in zip((replayed.state.memory, replayed.state.gram_pinv), (twin.state.memory, twin.state.gram_pinv)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="exactly the given facts"):
+        replayed.write_encoded(rows, [])

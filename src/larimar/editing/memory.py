@@ -204,27 +204,49 @@ class Memory:
     def _append(self, facts: Sequence[str], groups: Sequence[Sequence[str]], ids: Sequence[str],
                 created: datetime | Sequence[datetime]) -> None:
         """Encode and write checked facts under the given ids (all or nothing)."""
-        too_big = [i for i, g in enumerate(groups) if 1 + len(g) > self.episode_items]
-        if too_big:
-            raise ValueError(f"facts[{too_big[0]}] has {len(groups[too_big[0]])} paraphrases; an episode holds "
-                             f"{self.episode_items} items, so pass at most {self.episode_items - 1}")
         texts = [t for fact, group in zip(facts, groups) for t in (fact, *group)]
         owners = [i for i, group in zip(ids, groups) for _ in range(1 + len(group))]
+        stamps = [created] * len(ids) if isinstance(created, datetime) else list(created)
+        self._check_groups([1 + len(g) for g in groups])
         latents, embeddings = encode_texts(self._model.encoder, texts, scope_keys=True)  # (N, C), (N, 2, H)
         keys = self._model.memory.address(latents[None])[0]  # (N, K)
-        episodes, places = list(self._episodes), self._places([1 + len(g) for g in groups])
-        rows = torch.tensor([e for e, g in zip(places, groups) for _ in range(1 + len(g))], dtype=torch.int64)
+        self.write_encoded(Items(latents, keys, embeddings, owners),
+                           [Fact(i, f, t, tuple(g)) for i, f, g, t in zip(ids, facts, groups, stamps)])
+        logger.debug("wrote %d facts (%d items)", len(ids), len(texts))
+
+    @torch.no_grad()
+    def write_encoded(self, items: Items, facts: Sequence[Fact]) -> None:
+        """Write already-encoded items (each fact's rows together, in the order of `facts`), as
+        `write` does after encoding: the same episodes, the same updates. Replaying a logged
+        write with it gives the memory the write gave."""
+        sizes = [items.owners.count(f.id) for f in facts]
+        if sum(sizes) != len(items.owners) or any(n == 0 for n in sizes):
+            raise ValueError("items.owners must hold the rows of exactly the given facts")
+        self._check_groups(sizes)
+        episodes, places = list(self._episodes), self._places(sizes)
+        rows = torch.tensor([e for e, n in zip(places, sizes) for _ in range(n)], dtype=torch.int64)
         for e in sorted(set(places)):
             if e == len(episodes):
                 episodes.append(self._empty_state())
             pick = rows == e
-            episodes[e] = self._model.memory.update(episodes[e], latents[pick][None], alpha=1.0, keys=keys[pick][None])
-        new = Items(latents, keys, embeddings, owners, rows.to(latents.device))
+            episodes[e] = self._model.memory.update(
+                episodes[e], items.latents[pick][None], alpha=1.0, keys=items.keys[pick][None])
+        new = Items(items.latents, items.keys, items.embeddings, list(items.owners), rows.to(items.latents.device))
         self._episodes, self._items = episodes, self._items.extend(new)
-        stamps = [created] * len(ids) if isinstance(created, datetime) else list(created)
-        for fact_id, text, group, stamp in zip(ids, facts, groups, stamps):
-            self._facts[fact_id] = Fact(fact_id, text, stamp, tuple(group))
-        logger.debug("wrote %d facts (%d items)", len(ids), len(texts))
+        self._facts.update((f.id, f) for f in facts)
+
+    def copy(self) -> Memory:
+        """A memory equal to this one that changes independently (tensors are never mutated)."""
+        twin = Memory(self._model, self._episodes[0], self._items if len(self._episodes) == 1 else None,
+                      episode_items=self.episode_items)
+        twin._episodes, twin._items, twin._facts = list(self._episodes), self._items, dict(self._facts)
+        return twin
+
+    def _check_groups(self, sizes: Sequence[int]) -> None:
+        too_big = [i for i, n in enumerate(sizes) if n > self.episode_items]
+        if too_big:
+            raise ValueError(f"facts[{too_big[0]}] has {sizes[too_big[0]] - 1} paraphrases; an episode holds "
+                             f"{self.episode_items} items, so pass at most {self.episode_items - 1}")
 
     def _places(self, sizes: Sequence[int]) -> list[int]:
         """The episode of each new group of `sizes` items: the newest episode while it has room."""
