@@ -79,3 +79,15 @@ def test_a_decoder_without_chat_template_continues_the_question(lm: larimar.Lari
     prompt, asked = chat_prompt(lm.tokenizer, "Who lives in Paris?")
     assert prompt == "Who lives in Paris?\n" and asked == "Who lives in Paris?"
     assert isinstance(lm.ask("Who lives in Paris?", max_new_tokens=3).text, str)
+
+
+def test_ask_many_takes_one_memory_per_question(shipped: larimar.Larimar) -> None:
+    a, b = shipped.new_memory(), shipped.new_memory()
+    a.write([FACT])
+    b.write([SENTENCES[2]])
+    questions = ["What is the capital of France?", "What is the capital of France?"]
+    many = shipped.ask_many(questions, [a, b], max_new_tokens=24, scope_threshold=-1.0)
+    assert [m.text for m in many] == [shipped.ask(questions[0], m, 24, -1.0).text for m in (a, b)]
+    assert many[0].text == FACT and many[1].text != FACT
+    with pytest.raises(ValueError, match="one per question"):
+        shipped.ask_many(questions, [a])

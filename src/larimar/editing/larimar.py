@@ -165,15 +165,21 @@ class Larimar:
         [answer] = self.ask_many([question], memory, max_new_tokens, scope_threshold)
         return answer
 
-    def ask_many(self, questions: Sequence[Question], memory: Memory | None = None, max_new_tokens: int = 64,
-                 scope_threshold: float | None = None, batch_size: int = 16) -> list[Answer]:
-        """`ask` for several questions, decoded in batches; the same replies as one by one."""
+    def ask_many(self, questions: Sequence[Question], memory: Memory | Sequence[Memory | None] | None = None,
+                 max_new_tokens: int = 64, scope_threshold: float | None = None, batch_size: int = 16) -> list[Answer]:
+        """`ask` for several questions, decoded in batches; the same replies as one by one.
+
+        `memory` is one memory for every question, or a list with one memory (or None) per question.
+        """
         if isinstance(questions, str):
             raise ValueError("questions must be a list; use ask() for one question")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        memories = list(memory) if isinstance(memory, Sequence) else [memory] * len(questions)
+        if len(memories) != len(questions):
+            raise ValueError(f"got {len(memories)} memories for {len(questions)} questions; pass one per question")
         formatted = [chat_prompt(self.tokenizer, q) for q in questions]
-        decisions = [self.scope(asked, memory, scope_threshold) for _, asked in formatted]
+        decisions = [self.scope(asked, m, scope_threshold) for (_, asked), m in zip(formatted, memories)]
         texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
         return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
 

@@ -83,17 +83,21 @@ def evaluate_questions(lm: Larimar, data: QuestionSet, sizes: Sequence[int] = (1
     rows: dict[str, Any] = {}
     started = time.perf_counter()
 
-    single_q, single_r, shown = [], [], []
+    alone = []
     for f in facts:
-        memory = lm.new_memory()
-        memory.write([f.fact])
-        a, b = lm.ask_many([f.question, f.rephrased], memory, max_new_tokens, batch_size=batch_size)
-        single_q.append(holds(a.text, f.answer))
-        single_r.append(holds(b.text, f.answer))
-        if len(shown) < examples:
-            shown.append({"fact": f.fact, "question": f.question, "reply": a.text, "rephrased": f.rephrased,
-                          "reply_rephrased": b.text})
-    rows["single"] = {"facts": len(facts), "question": _rate(single_q), "rephrased": _rate(single_r), "examples": shown}
+        alone.append(lm.new_memory())
+        alone[-1].write([f.fact])
+    replies = lm.ask_many([q for f in facts for q in (f.question, f.rephrased)],
+                          [m for m in alone for _ in (0, 1)], max_new_tokens, batch_size=batch_size)
+    single_q = [holds(replies[2 * i].text, f.answer) for i, f in enumerate(facts)]
+    single_r = [holds(replies[2 * i + 1].text, f.answer) for i, f in enumerate(facts)]
+    shown = [{"fact": f.fact, "question": f.question, "reply": replies[2 * i].text, "rephrased": f.rephrased,
+              "reply_rephrased": replies[2 * i + 1].text} for i, f in enumerate(facts[:examples])]
+    misses = [{"fact": f.fact, "question": q, "reply": r.text}
+              for i, f in enumerate(facts) for q, r in ((f.question, replies[2 * i]), (f.rephrased, replies[2 * i + 1]))
+              if not holds(r.text, f.answer)]
+    rows["single"] = {"facts": len(facts), "question": _rate(single_q), "rephrased": _rate(single_r), "examples": shown,
+                      "misses": misses[:20]}
 
     full = lm.new_memory()
     ids = full.write([f.fact for f in facts])
