@@ -153,3 +153,32 @@ def format_questions(report: dict[str, Any]) -> str:
     lines.append(f"| forget | {f['forgotten']} | | | answers gone {100 * f['gone']:.1f} %, "
                  f"kept facts answered {100 * f['kept_answered']:.1f} % |")
     return "\n".join(lines)
+
+
+def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int = 32,
+                          batch_size: int = 16) -> dict[str, Any]:
+    """Knowledge-editing cases (`larimar.eval.datasets.EditCase`, CounterFact or zsRE), each fact
+    written alone, asked through `ask` and judged by the reply (WILD-style: the reply must hold
+    the new answer): rewrite (the edit's own prompt), paraphrase (its first paraphrase) and
+    locality (a neighbourhood prompt's reply unchanged from the base model's)."""
+    memories = []
+    for case in cases:
+        memories.append(lm.new_memory())
+        memories[-1].write([case.fact])
+    rewrite = lm.ask_many([c.prompt for c in cases], memories, max_new_tokens, batch_size=batch_size)
+    para_cases = [(c, m) for c, m in zip(cases, memories) if c.paraphrase_prompts]
+    paraphrase = lm.ask_many([c.paraphrase_prompts[0] for c, _ in para_cases], [m for _, m in para_cases],
+                             max_new_tokens, batch_size=batch_size)
+    local_cases = [(c, m) for c, m in zip(cases, memories) if c.neighborhood_prompts]
+    local_prompts = [c.neighborhood_prompts[0].prompt for c, _ in local_cases]
+    local = lm.ask_many(local_prompts, [m for _, m in local_cases], max_new_tokens, batch_size=batch_size)
+    base = lm.ask_many(local_prompts, None, max_new_tokens, batch_size=batch_size)
+    return {
+        "cases": len(cases),
+        "rewrite": _rate([holds(a.text, c.target_new) for a, c in zip(rewrite, cases)]),
+        "paraphrase": _rate([holds(a.text, c.target_new) for a, (c, _) in zip(paraphrase, para_cases)]),
+        "locality_unchanged": _rate([a.text == b.text for a, b in zip(local, base)]),
+        "examples": [{"prompt": c.prompt, "reply": a.text, "target": c.target_new} for a, c in zip(rewrite[:3], cases)],
+        "misses": [{"prompt": c.prompt, "reply": a.text, "target": c.target_new}
+                   for a, c in zip(rewrite, cases) if not holds(a.text, c.target_new)][:10],
+    }

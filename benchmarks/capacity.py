@@ -1,0 +1,94 @@
+"""Capacity: many facts in one memory, asked back by generation.
+
+    python benchmarks/capacity.py --data PATH/counterfact-train.json [--sizes 1,64,1024,4096,10000] [--asked 100]
+
+Writes the first N CounterFact facts (EasyEdit or ROME format) into one memory, growing it
+size by size, and asks the first `--asked` of them by greedy generation: the rewrite prompt and
+its first paraphrase must generate the new answer (within `--new-tokens` tokens), and a
+neighbourhood prompt must generate exactly what the unedited model generates. The single-fact
+reference writes each asked fact alone. Prints a table, writes JSON
+(benchmarks/results/capacity.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+import larimar
+from larimar.eval.datasets import load_cases
+from larimar.eval.questions import holds
+
+
+def ask_back(lm: larimar.Larimar, memory: larimar.Memory | None, cases: list, new_tokens: int) -> dict[str, float]:
+    rewrite = lm.generate_many([c.prompt for c in cases], memory, new_tokens)
+    para = [c for c in cases if c.paraphrase_prompts]
+    paraphrase = lm.generate_many([c.paraphrase_prompts[0] for c in para], memory, new_tokens)
+    return {"rewrite": sum(holds(t, c.target_new) for t, c in zip(rewrite, cases)) / len(cases),
+            "paraphrase": sum(holds(t, c.target_new) for t, c in zip(paraphrase, para)) / max(1, len(para))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="CounterFact file (EasyEdit flat or ROME)")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--sizes", default="1,64,1024,4096,10000")
+    parser.add_argument("--asked", type=int, default=100, help="facts asked back at each size")
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/capacity.json"))
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    lm = larimar.load(args.model)
+    cases = load_cases(args.data, limit=max(sizes))
+    if len(cases) < max(sizes):
+        raise SystemExit(f"{args.data} holds {len(cases)} cases; the largest size is {max(sizes)}")
+    asked = cases[: args.asked]
+
+    single = {"rewrite": 0.0, "paraphrase": 0.0}
+    for case in asked:
+        memory = lm.new_memory()
+        memory.write([case.fact])
+        for k, v in ask_back(lm, memory, [case], args.new_tokens).items():
+            single[k] += v / len(asked)
+    local = [c for c in asked if c.neighborhood_prompts]
+    local_prompts = [c.neighborhood_prompts[0].prompt for c in local]
+    base = lm.generate_many(local_prompts, None, args.new_tokens)
+
+    memory, rows = lm.new_memory(), []
+    for n in sizes:
+        start = time.perf_counter()
+        for i in range(len(memory), n, 512):
+            memory.write([c.fact for c in cases[i : min(i + 512, n)]])
+        write_s = time.perf_counter() - start
+        start = time.perf_counter()
+        got = ask_back(lm, memory, asked[:n], args.new_tokens)
+        in_memory = [i for i, c in enumerate(local) if i < n]
+        with_memory = lm.generate_many([local_prompts[i] for i in in_memory], memory, args.new_tokens)
+        unchanged = sum(w == base[i] for w, i in zip(with_memory, in_memory)) / max(1, len(in_memory))
+        row = {"facts": n, "episodes": memory.episodes, "asked": min(n, len(asked)), **got,
+               "rewrite_vs_single": got["rewrite"] / max(single["rewrite"], 1e-9),
+               "paraphrase_vs_single": got["paraphrase"] / max(single["paraphrase"], 1e-9),
+               "unrelated_unchanged": unchanged, "write_s": write_s, "ask_s": time.perf_counter() - start}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\nsingle fact (each written alone): rewrite {single['rewrite']:.3f}, paraphrase {single['paraphrase']:.3f}")
+    print("\n| facts in memory | episodes | asked | rewrite | x single | paraphrase | x single | unrelated unchanged |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['facts']} | {r['episodes']} | {r['asked']} | {r['rewrite']:.3f} | {r['rewrite_vs_single']:.2f} | "
+              f"{r['paraphrase']:.3f} | {r['paraphrase_vs_single']:.2f} | {r['unrelated_unchanged']:.3f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"data": args.data.name, "single": single, "rows": rows,
+                                    "new_tokens": args.new_tokens}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
