@@ -135,3 +135,18 @@ def test_inference_layers_do_not_import_training_eval_or_serving() -> None:
         for dst in targets if dst.startswith(FORBIDDEN)
     )
     assert not bad, f"forbidden imports: {bad}"
+
+
+MAX_LINES = 500
+LONG_FILES = {"larimar/model/conditioning.py"}  # being split by its owner; remove once it is
+"""Source files allowed over ``MAX_LINES`` for now."""
+
+
+def test_no_source_file_over_500_lines() -> None:
+    long = sorted(
+        f"{rel} ({n} lines)"
+        for path in (SRC / PACKAGE).rglob("*.py")
+        if (rel := path.relative_to(SRC).as_posix()) not in LONG_FILES
+        and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    )
+    assert not long, f"split these files: {long}"
