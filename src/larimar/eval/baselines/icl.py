@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from larimar.eval.baselines.unedited import UneditedEditor
 from larimar.eval.datasets import EditCase
 from larimar.eval.editor import Editor, EditorOptions, Embedder, decoder_kwargs
-from larimar.eval.baselines.unedited import UneditedEditor
 
 
 class InContextEditor(UneditedEditor):
