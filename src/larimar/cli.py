@@ -317,63 +317,20 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------- eval
-def _int_list(text: str) -> tuple[int, ...]:
-    """'1,16,64' -> (1, 16, 64)."""
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,16,64; got {text!r}") from None
-
-
 def _eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("protocol", choices=["single", "batch", "sequential", "forgetting", "leakage"],
-                        help="evaluation protocol")
-    parser.add_argument("--editor", required=True, help="editor name: larimar, none, icl, ft, rome, grace, dummy")
-    parser.add_argument("--data", type=Path, required=True, help="dataset file (CounterFact or zsRE JSON)")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N records (after --offset)")
-    parser.add_argument("--offset", type=int, default=0,
-                        help="skip the first K records (shards of one run; merge their cases.jsonl and resume)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/PROTOCOL-EDITOR)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="larimar: saved model folder (default built-in); other editors: decoder folder")
-    parser.add_argument("--scope-threshold", type=float, default=None, help="scope detector threshold (larimar, icl)")
-    parser.add_argument("--max-facts", type=int, default=32,
-                        help="icl: facts per prompt at most, the nearest to the query (0: all of them)")
-    parser.add_argument("--write-paraphrases", action="store_true", help="larimar: also write paraphrases")
-    parser.add_argument("--strip-distractor", action="store_true", help="strip ROME paraphrase distractors")
-    parser.add_argument("--zsre-target", choices=["alt", "answers0"], default="alt", help="zsRE edit target")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens per generation")
-    parser.add_argument("--sizes", type=_int_list, default=None, help="batch/forgetting N values, e.g. 1,16,64")
-    parser.add_argument("--checkpoints", type=_int_list, default=(1, 10, 100, 1000), help="sequential checkpoints")
-    parser.add_argument("--max-eval", type=int, default=None, help="batch/forgetting: facts evaluated at most")
-    parser.add_argument("--n-forget", type=int, default=1, help="forgetting: facts forgotten")
-    parser.add_argument("--rewrite-unknown", action="store_true", help="forgetting: rewrite forgotten facts as unknown")
-    parser.add_argument("--n-known", type=int, default=20, help="leakage: known facts attacked")
-    parser.add_argument("--known-by", choices=["generate", "rank", "either"], default="generate",
-                        help="leakage: how a known fact is detected")
-    parser.add_argument("--n-samples", type=int, default=5, help="leakage: samples per attack prompt")
-    parser.add_argument("--temperature", type=float, default=1.0, help="leakage: sampling temperature")
-    parser.add_argument("--stats-corpus", type=Path, default=Path("runs/corpus/train.jsonl"),
-                        help="rome: sentences (JSONL) for its second-moment statistics, computed once and cached")
-    parser.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N or auto")
+    from .cliargs import add_options
+    from .eval.config import EvalConfig
+
+    add_options(parser, EvalConfig)
     parser.add_argument("--verbose", action="store_true", help="log progress details")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
+    from .cliargs import from_options
     from .eval.runner import EvalConfig, run_eval, summary_markdown, tqdm_track
 
     logging.getLogger("larimar").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    cfg = EvalConfig(
-        protocol=args.protocol, editor=args.editor, data=args.data, limit=args.limit, offset=args.offset, out=args.out,
-        model=args.model, scope_threshold=args.scope_threshold, write_paraphrases=args.write_paraphrases,
-        max_facts=args.max_facts or None,
-        strip_distractor=args.strip_distractor, zsre_target=args.zsre_target, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, sizes=args.sizes, checkpoints=args.checkpoints,
-        max_eval=args.max_eval, n_forget=args.n_forget, rewrite_unknown=args.rewrite_unknown,
-        n_known=args.n_known, known_by=args.known_by, n_samples=args.n_samples, temperature=args.temperature,
-        stats_corpus=args.stats_corpus, device=args.device,
-    )
+    cfg = from_options(EvalConfig, args)
     run_eval(cfg, track=tqdm_track)
     print(summary_markdown(cfg), end="")
     print(f"results in {cfg.out_dir}", file=sys.stderr)

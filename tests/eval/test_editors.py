@@ -131,3 +131,15 @@ def test_icl_keeps_the_nearest_facts_when_they_do_not_fit(tiny_model, tiny_token
     assert everything._context(["x"])[0].count("New fact:") == 4
     with pytest.raises(ValueError, match="max_facts"):
         InContextEditor(model=tiny_model, tokenizer=tiny_tokenizer, max_facts=0)
+
+
+def test_one_registry_builds_every_editor_from_run_options() -> None:
+    from larimar.eval.editors import EDITORS, EditorOptions, build_editor
+
+    assert set(available_editors()) == set(EDITORS) >= {"dummy", "none", "icl", "ft", "rome", "grace", "larimar"}
+    assert all(cls.name == name for name, cls in EDITORS.items())
+    assert isinstance(build_editor("dummy", EditorOptions()), DummyEditor)
+    with pytest.raises(ValueError, match="does not take options"):
+        build_editor("dummy", EditorOptions(scope_threshold=0.5))
+    with pytest.raises(ValueError, match="rome needs a sentence corpus"):
+        build_editor("rome", EditorOptions())

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from larimar.cli import main
-from larimar.eval.editors import InContextEditor
-from larimar.eval.runner import EvalConfig, ScopeEmbedder, build_editor, build_icl, encoder_embedder, run_eval
+from larimar.eval.baselines.icl import InContextEditor, ScopeEmbedder, encoder_embedder
+from larimar.eval.runner import EvalConfig, build_editor, run_eval
 from larimar.model.assets import AssetNotFoundError
 from tests.tiny import save_base_models
 
@@ -112,14 +112,14 @@ def test_icl_builder_with_scope_threshold(tmp_path: Path) -> None:
     def embed(texts: list[str]) -> torch.Tensor:
         return torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=-1)
 
-    editor = build_icl("icl", cfg, embed=embed)
+    editor = InContextEditor.from_options(cfg.editor_options(), embed=embed)
     assert isinstance(editor, InContextEditor) and editor.scope_threshold == 0.7
     plain = build_editor(EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir))
     assert isinstance(plain, InContextEditor) and plain.scope_threshold is None
     assert isinstance(plain.embed, ScopeEmbedder) and plain.embed._encoder is None  # loaded on first use
     assert plain.max_facts == 32
-    unbounded = build_icl("icl", EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, max_facts=None),
-                          embed=embed)
+    unbounded = InContextEditor.from_options(
+        EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, max_facts=None).editor_options(), embed=embed)
     assert unbounded.max_facts is None
     with pytest.raises(ValueError, match="--max-facts must be positive"):
         EvalConfig("single", "icl", tmp_path / "d.json", max_facts=0)
@@ -137,7 +137,7 @@ def test_encoder_embedder_is_unit_norm() -> None:
 
 
 def test_device_option_is_checked(zsre_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from larimar.eval.runner import resolve_device
+    from larimar.eval.config import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
@@ -200,8 +200,8 @@ def test_icl_scope_uses_keys_and_views_when_the_embedder_has_them(tmp_path: Path
         def views(self, prompt):  # (V, H)
             return torch.tensor([[0.0, -1.0], [1.0, 0.0]]) if "." in prompt else torch.tensor([[0.0, -1.0]])
 
-    editor = build_icl("icl", EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir,
-                                         scope_threshold=0.9), embed=TwoKeys())
+    cfg = EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, scope_threshold=0.9)
+    editor = InContextEditor.from_options(cfg.editor_options(), embed=TwoKeys())
     editor.edit([EditCase("1", "Paris", "Paris is in", "Italy", "France")])
     assert editor.in_scope(["Noise. Paris is in", "Paris is in"]) == [True, False]
 
@@ -216,3 +216,28 @@ def test_encoder_embedder_gives_scope_keys_and_views() -> None:
     assert keys.shape == (1, 2, 384)
     assert embed.views("A note. The Eiffel Tower is located in").shape == (2, 384)
     assert embed.views("The Eiffel Tower is located in").shape == (1, 384)
+
+
+def test_eval_options_are_generated_from_the_config(zsre_file: Path) -> None:
+    from larimar.cli import build_parser
+    from larimar.cliargs import from_options
+    from larimar.eval.config import PROTOCOL_NAMES
+    from larimar.eval.runner import PROTOCOLS
+
+    assert tuple(PROTOCOLS) == PROTOCOL_NAMES
+    argv = ["eval", "forgetting", "--editor", "icl", "--data", str(zsre_file), "--limit", "7", "--offset", "2",
+            "--out", "o", "--model", "m", "--scope-threshold", "0.5", "--max-facts", "0", "--write-paraphrases",
+            "--strip-distractor", "--zsre-target", "answers0", "--seed", "3", "--max-new-tokens", "4",
+            "--sizes", "1,2", "--checkpoints", "1,5", "--max-eval", "9", "--n-forget", "2", "--rewrite-unknown",
+            "--n-known", "6", "--known-by", "rank", "--n-paraphrases", "2", "--n-samples", "3",
+            "--temperature", "0.5", "--stats-corpus", "s.jsonl", "--device", "cpu", "--verbose"]
+    cfg = from_options(EvalConfig, build_parser().parse_args(argv))
+    assert cfg == EvalConfig(
+        "forgetting", "icl", zsre_file, limit=7, offset=2, out=Path("o"), model=Path("m"), scope_threshold=0.5,
+        max_facts=None, write_paraphrases=True, strip_distractor=True, zsre_target="answers0", seed=3,
+        max_new_tokens=4, sizes=(1, 2), checkpoints=(1, 5), max_eval=9, n_forget=2, rewrite_unknown=True,
+        n_known=6, known_by="rank", n_paraphrases=2, n_samples=3, temperature=0.5,
+        stats_corpus=Path("s.jsonl"), device="cpu")
+    defaults = from_options(EvalConfig, build_parser().parse_args(["eval", "single", "--editor", "none",
+                                                                   "--data", str(zsre_file)]))
+    assert defaults == EvalConfig("single", "none", zsre_file, stats_corpus=Path("runs/corpus/train.jsonl"))

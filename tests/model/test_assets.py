@@ -269,6 +269,24 @@ def test_load_decoder_and_encoder_from_local_folders(tmp_path: Path) -> None:
     assert len(tokenizer) == len(VOCAB)
 
 
+def test_loading_shows_no_progress_bars_and_restores_the_setting(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    tiny_tokenizer().save_pretrained(tmp_path / "llama")
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    assets.load_decoder(tmp_path / "llama")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is back
+    hf_logging.disable_progress_bar()
+    assets.load_decoder(tmp_path / "llama")
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+
+
 def test_unknown_model_name_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'default' or a local Hugging Face folder"):
         assets.load_decoder("gpt2")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.encoder import SentenceEncoder, mean_pool
-from ..train.data import split_last_word
+from ..model.text import split_last_word
 
 MEMORY_DTYPE = torch.float64
 """Every memory computation runs in float64, whatever the model's dtype."""

@@ -7,7 +7,7 @@ with alpha = -1); ``reset`` starts a new memory. Scoring and generation go throu
 the query alone, whether the memory readout conditions the decoder.
 
 Example:
-    >>> editor = get_editor("larimar", model_path="path/to/model", scope_threshold=0.7)
+    >>> editor = LarimarEditor(model_path="path/to/model", scope_threshold=0.7)
     >>> editor.edit(cases)  # doctest: +SKIP
     >>> editor.generate([cases[0].prompt], max_new_tokens=10)  # doctest: +SKIP
 """
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from larimar.eval.datasets import EditCase
-from larimar.eval.editors import Editor, register_editor
+from larimar.eval.editor import Editor, EditorOptions
 
 if TYPE_CHECKING:
     from larimar.editing import Larimar, Memory
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@register_editor("larimar")
 class LarimarEditor(Editor):
     """Knowledge editing by writing facts into a Larimar episodic memory.
 
@@ -45,6 +44,8 @@ class LarimarEditor(Editor):
             paraphrases, so writing them makes paraphrase success an in-memory recall.
         lm: an already loaded :class:`~larimar.editing.Larimar` (overrides ``model_path``).
     """
+
+    name = "larimar"
 
     def __init__(
         self,
@@ -65,6 +66,13 @@ class LarimarEditor(Editor):
         self.write_paraphrases = write_paraphrases
         self.memory: Memory = lm.new_memory()
         self.fact_ids: dict[str, str] = {}  # case id -> memory fact id
+
+    @classmethod
+    def from_options(cls, options: EditorOptions) -> Editor:
+        """Larimar from the run's model folder (default built-in), scope threshold, paraphrase
+        writing and device."""
+        return cls(model_path=options.model, scope_threshold=options.scope_threshold,
+                   write_paraphrases=options.write_paraphrases, device=options.device)
 
     # ------------------------------------------------------------------------------ editing
     def edit(self, cases: Sequence[EditCase]) -> None:

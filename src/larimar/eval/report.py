@@ -1,5 +1,6 @@
 """Plots and side-by-side tables of evaluation results.
 
+* :func:`summary_table` -- a markdown table with one row per summary.
 * :func:`plot_curves` -- a PNG of metrics against a size (N facts, N edits), log x axis.
 * :func:`compare_runs` -- one markdown table from several run folders' ``summary.json``
   (e.g. every editor on one protocol), and a PNG overlaying their curves.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,31 @@ def _style(ax: Any, x: str, ylabel: str, title: str, log_x: bool) -> None:
         ax.legend()
 
 
+DEFAULT_COLUMNS = ("editor", "n_cases", "ES", "PS", "NS", "S", "ES_mag", "PS_mag", "NS_mag",
+                   "gen_exact", "gen_contains", "edit_time_s_mean")
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_table(
+    summaries: Iterable[Mapping[str, Any]],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    digits: int = 1,
+) -> str:
+    """Markdown table with one row per summary; missing or ``nan`` values show as ``-``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for s in summaries:
+        row = [_cell(s.get(c), 3 if c.startswith("edit_time") else digits) for c in columns]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
     """The ``summary.json`` of a run folder."""
     path = Path(run_dir) / "summary.json"
@@ -92,8 +118,6 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
 def compare_runs(run_dirs: Sequence[str | Path], columns: Sequence[str],
                  digits: int = 1) -> str:
     """Markdown table of several runs side by side: one line per run and curve point."""
-    from larimar.eval.protocols import summary_table
-
     lines = []
     for run_dir in run_dirs:
         summary = load_summary(run_dir)

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -23,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,30 @@ CACHE_ENV_VAR = "LARIMAR_CACHE"
 ModelAndTokenizer = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 SourceLoader = Callable[[Path], ModelAndTokenizer]
 """Turns a source weight file into a float model and its tokenizer (e.g. dequantises a GGUF)."""
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' progress bars (weight loading, GGUF conversion) inside the block.
+
+    Library loads stay silent; the caller's progress-bar settings are restored afterwards.
+    """
+    import huggingface_hub.utils as hub_utils
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars_on, hub_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    gguf_tqdm = gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        if bars_on:
+            hf_logging.enable_progress_bar()
+        if hub_off:
+            hub_utils.disable_progress_bars()
 
 
 @dataclass(frozen=True)
@@ -135,12 +161,13 @@ def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 
 def dequantise_gguf(gguf_file: Path) -> ModelAndTokenizer:
     """Load a GGUF file with transformers, dequantised to float32 (needs `gguf`, `accelerate`)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32, local_files_only=True
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True
-    )
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True
+        )
     return model, tokenizer
 
 
@@ -260,8 +287,9 @@ def load_hf_causal_lm(
     folder: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> ModelAndTokenizer:
     """Load a local Hugging Face causal LM folder and its tokenizer, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model.eval(), tokenizer
 
 
@@ -286,8 +314,9 @@ def load_default_encoder(dtype: torch.dtype = torch.float32) -> ModelAndTokenize
 
 
 def _load_hf_encoder(folder: Path, dtype: torch.dtype) -> ModelAndTokenizer:
-    model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with quiet_loading():
+        model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model.eval(), tokenizer
 
 

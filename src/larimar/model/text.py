@@ -35,6 +35,16 @@ def join_continuation(prompt: str, continuation: str) -> str:
     return f"{prompt} {continuation}"
 
 
+def split_last_word(sentence: str) -> tuple[str, str, str]:
+    """(head, last word, trailing punctuation): "It is red." -> ("It is", "red", ".")."""
+    stripped = sentence.rstrip()
+    end = len(stripped)
+    while end > 0 and not stripped[end - 1].isalnum():
+        end -= 1
+    start = stripped.rfind(" ", 0, end) + 1
+    return stripped[:start].rstrip(), stripped[start:end], stripped[end:]
+
+
 def _ids(tokenizer: Any, text: str, special_tokens: bool = True) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from ..model.larimar import EpisodeBatch, TextBatch
+from ..model.text import split_last_word
 
 QUERY_FORMS = ("minus_last_word", "prefix", "full")
 
@@ -50,16 +51,6 @@ class DataConfig:
             raise ValueError(f"query_forms may name {QUERY_FORMS}; got {sorted(unknown)}")
         if sum(self.query_forms.values()) <= 0:
             raise ValueError("query_forms probabilities must not all be zero")
-
-
-def split_last_word(sentence: str) -> tuple[str, str, str]:
-    """(head, last word, trailing punctuation): "It is red." -> ("It is", "red", ".")."""
-    stripped = sentence.rstrip()
-    end = len(stripped)
-    while end > 0 and not stripped[end - 1].isalnum():
-        end -= 1
-    start = stripped.rfind(" ", 0, end) + 1
-    return stripped[:start].rstrip(), stripped[start:end], stripped[end:]
 
 
 def swap_last_word(sentence: str, donor: str) -> str:

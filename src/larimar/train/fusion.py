@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
 from ..model.sequence import previous_tokens
-from .data import split_last_word, swap_last_word
+from ..model.text import split_last_word
+from .data import swap_last_word
 from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..model.larimar import EpisodeBatch, LarimarModel
-from .data import Collator, Example, split_last_word, swap_last_word
+from ..model.text import split_last_word
+from .data import Collator, Example, swap_last_word
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Weight-editing baselines, each registered in :mod:`larimar.eval.editors` by name.
+"""The editors Larimar is compared with, each listed by name in :mod:`larimar.eval.editors`.
 
+* ``none`` -- :class:`~larimar.eval.baselines.unedited.UneditedEditor`: the base decoder.
+* ``icl`` -- :class:`~larimar.eval.baselines.icl.InContextEditor`: the facts in the prompt.
 * ``ft`` -- :class:`~larimar.eval.baselines.ft.FineTuneEditor`: FT-L, L-inf-constrained
   fine-tuning of one MLP output matrix.
 * ``rome`` -- :class:`~larimar.eval.baselines.rome.ROMEEditor`: rank-one model editing with
@@ -14,7 +16,9 @@ to :func:`larimar.eval.editors.get_editor`.
 
 from larimar.eval.baselines.ft import FineTuneEditor, FTConfig
 from larimar.eval.baselines.grace import CodebookEntry, GRACEConfig, GRACEEditor
+from larimar.eval.baselines.icl import InContextEditor
 from larimar.eval.baselines.rome import ROMEConfig, ROMEEditor, rank_one_update
+from larimar.eval.baselines.unedited import UneditedEditor
 
 __all__ = [
     "CodebookEntry",
@@ -22,7 +26,9 @@ __all__ = [
     "FineTuneEditor",
     "GRACEConfig",
     "GRACEEditor",
+    "InContextEditor",
     "ROMEConfig",
     "ROMEEditor",
+    "UneditedEditor",
     "rank_one_update",
 ]

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from larimar.eval.baselines.unedited import UneditedEditor
 from larimar.eval.datasets import EditCase
-from larimar.eval.editors import UneditedEditor
 from larimar.eval.lm import _common_prefix, _ids, _pad_id, encode_pairs
 
 logger = logging.getLogger(__name__)

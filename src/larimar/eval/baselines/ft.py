@@ -33,7 +33,6 @@ from larimar.eval.baselines.base import (
     trainable,
 )
 from larimar.eval.datasets import EditCase
-from larimar.eval.editors import register_editor
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ class FTConfig:
             raise ValueError(f"layer_fraction must be in [0, 1); got {self.layer_fraction}")
 
 
-@register_editor("ft")
 class FineTuneEditor(WeightEditor):
     """FT-L on one layer's ``mlp.down_proj`` weight; ``reset`` restores it exactly.
 
@@ -74,6 +72,8 @@ class FineTuneEditor(WeightEditor):
         config: an :class:`FTConfig`; or pass its fields as keyword arguments.
         model, tokenizer, load_decoder, batch_size: as for :class:`UneditedEditor`.
     """
+
+    name = "ft"
 
     def __init__(
         self,

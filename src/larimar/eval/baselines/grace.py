@@ -42,8 +42,8 @@ from larimar.eval.baselines.base import (
     target_batch,
     target_nll,
 )
+from larimar.eval.baselines.unedited import UneditedEditor
 from larimar.eval.datasets import EditCase
-from larimar.eval.editors import UneditedEditor, register_editor
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ class CodebookEntry:
     covers: dict[str, float] = field(default_factory=dict)
 
 
-@register_editor("grace")
 class GRACEEditor(UneditedEditor):
     """GRACE codebook at one layer; ``forget`` removes entries, ``reset`` empties it.
 
@@ -118,6 +117,8 @@ class GRACEEditor(UneditedEditor):
         config: a :class:`GRACEConfig`; or pass its fields as keyword arguments.
         model, tokenizer, load_decoder, batch_size: as for :class:`UneditedEditor`.
     """
+
+    name = "grace"
 
     def __init__(
         self,

@@ -48,7 +48,7 @@ from larimar.eval.baselines.base import (
     target_nll,
 )
 from larimar.eval.datasets import EditCase
-from larimar.eval.editors import register_editor
+from larimar.eval.editor import Editor, EditorOptions, decoder_kwargs
 from larimar.eval.lm import _ids, _pad_id
 from larimar.train.corpus import load_sentences
 
@@ -148,7 +148,6 @@ def _pad_rows(rows: Sequence[Sequence[int]], pad: int, width: int) -> tuple[torc
     return ids, mask
 
 
-@register_editor("rome")
 class ROMEEditor(WeightEditor):
     """ROME on one layer's ``mlp.down_proj``; ``reset`` restores the weight exactly.
 
@@ -163,6 +162,16 @@ class ROMEEditor(WeightEditor):
         config: a :class:`ROMEConfig`; or pass its fields as keyword arguments.
         model, tokenizer, load_decoder, batch_size: as for :class:`UneditedEditor`.
     """
+
+    name = "rome"
+
+    @classmethod
+    def from_options(cls, options: EditorOptions) -> Editor:
+        """ROME with its key statistics from ``options.stats_corpus`` (computed once, cached)."""
+        if options.stats_corpus is None or not Path(options.stats_corpus).is_file():
+            raise ValueError(f"rome needs a sentence corpus for its statistics; no file at {options.stats_corpus} "
+                             "(build one with `larimar corpus --out runs/corpus`)")
+        return cls(stats_corpus=Path(options.stats_corpus), **decoder_kwargs(options))
 
     def __init__(
         self,
