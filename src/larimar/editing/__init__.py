@@ -9,6 +9,7 @@ Example:
 """
 
 from .larimar import Answer, Larimar, ScopeDecision, load
-from .memory import Fact, Memory
+from .items import Fact
+from .memory import Memory
 
 __all__ = ["Answer", "Fact", "Larimar", "Memory", "ScopeDecision", "load"]

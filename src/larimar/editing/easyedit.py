@@ -18,13 +18,21 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..model.text import TokenScores, join_continuation, score_tokens
 from .memory import Memory
 
-if TYPE_CHECKING:
-    from .larimar import Larimar
+
+class Larimar(Protocol):
+    """What editing needs of `larimar.Larimar` (named here so this module does not import it)."""
+
+    model: Any
+    tokenizer: Any
+
+    def scope(self, prompt: str, memory: Memory | None = None, scope_threshold: float | None = None) -> Any: ...
+
+    def new_memory(self) -> Memory: ...
 
 
 def _per_edit(value: Any, n: int, name: str) -> list[Any]:

@@ -44,7 +44,6 @@ from .encoding import query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
 from .longcontext import answer as answer_from_context
 from .memory import Memory
-from .persistence import load_memory
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class Larimar:
 
     def load_memory(self, path: str | Path) -> Memory:
         """A memory saved with `Memory.save` (by this model)."""
-        return load_memory(self.model, Path(path))
+        return Memory.load(self.model, path)
 
     # ----------------------------------------------------------------------------- queries
     @torch.no_grad()

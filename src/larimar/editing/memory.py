@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,83 +38,10 @@ from torch import Tensor
 from ..memory import MemoryState
 from ..model.larimar import LarimarModel
 from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens, scope_similarities
+from .items import Fact, Items
+from .persistence import read_memory, save_memory
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One written fact."""
-
-    id: str
-    """Short unique id, used by `Memory.forget`."""
-    text: str
-    """The fact as written."""
-    created: datetime
-    """When it was written (UTC)."""
-    paraphrases: tuple[str, ...] = ()
-    """Paraphrases written along with it (same id; forgotten with it)."""
-
-
-class _Rows:
-    """Growable row storage behind `Items`: appending to the newest view writes into spare
-    capacity (doubling when full), so a write costs the rows it adds, not the rows already there.
-    Earlier views keep their length and contents."""
-
-    def __init__(self, first: Tensor) -> None:
-        self.data, self.filled = first, first.shape[0]
-
-    def append(self, length: int, rows: Tensor) -> tuple[_Rows, Tensor]:
-        """The storage and the view of (its first `length` rows) + rows."""
-        end = length + rows.shape[0]
-        if length != self.filled or rows.shape[1:] != self.data.shape[1:]:  # not the newest view: copy
-            fresh = _Rows(torch.cat([self.data[:length], rows]))
-            return fresh, fresh.data
-        if end > self.data.shape[0]:
-            grown = self.data.new_empty(max(end, 2 * self.data.shape[0], 64), *self.data.shape[1:])
-            grown[:length] = self.data[:length]
-            self.data = grown
-        self.data[length:end] = rows
-        self.filled = end
-        return self, self.data[:end]
-
-
-@dataclass
-class Items:
-    """The written items (each fact, then its paraphrases), row-aligned."""
-
-    latents: Tensor
-    """(N, C) float64 values written into the memory."""
-    keys: Tensor
-    """(N, K) float64 write keys (needed to recall and to forget exactly)."""
-    embeddings: Tensor
-    """(N, S, H) float64 unit embeddings for the scope detector: S keys per item (the whole
-    text and its head)."""
-    owners: list[str] = field(default_factory=list)
-    """(N,) the fact id of each row."""
-    episodes: Tensor | None = None
-    """(N,) int64 index of the episode holding each row; None: all in episode 0."""
-    _storage: tuple[_Rows, ...] | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.episodes is None:
-            self.episodes = torch.zeros(self.latents.shape[0], dtype=torch.int64, device=self.latents.device)
-
-    def _columns(self) -> tuple[Tensor, ...]:
-        return self.latents, self.keys, self.embeddings, self.episodes  # type: ignore[return-value]
-
-    def select(self, keep: Tensor) -> Items:
-        """The rows where keep (N,) is True."""
-        owners = [o for o, k in zip(self.owners, keep.tolist()) if k]
-        return Items(*(t[keep] for t in self._columns()[:3]), owners, self.episodes[keep])  # type: ignore[index]
-
-    def extend(self, other: Items) -> Items:
-        """These rows followed by `other`'s (amortised: the cost of `other`'s rows)."""
-        n = len(self.owners)
-        storage = self._storage or tuple(_Rows(t) for t in self._columns())
-        grown = [rows.append(n, new) for rows, new in zip(storage, other._columns())]
-        latents, keys, embeddings, episodes = (view for _, view in grown)
-        return Items(latents, keys, embeddings, self.owners + other.owners, episodes, tuple(s for s, _ in grown))
 
 
 class Memory:
@@ -340,9 +266,25 @@ class Memory:
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the memory and its fact log to one safetensors file, atomically."""
-        from .persistence import save_memory
+        save_memory(Path(path), self._model, self.state, self._items, self.facts(), self.episode_items)
 
-        save_memory(self, Path(path))
+    @classmethod
+    def load(cls, model: LarimarModel, path: str | Path) -> Memory:
+        """A memory saved with `save` by this model (older files are migrated: their facts are
+        written again from their texts, keeping ids and dates).
+
+        Raises:
+            FileNotFoundError: no file at `path`.
+            ValueError: not a larimar memory file, or written by a different model.
+        """
+        state, items, facts, episode_items = read_memory(model, Path(path))
+        if state is None or items is None:
+            memory = cls(model)
+            if facts:
+                memory._append([f.text for f in facts], [list(f.paraphrases) for f in facts], [f.id for f in facts],
+                               [f.created for f in facts])
+            return memory
+        return cls(model, state, items, facts, episode_items)
 
     # ----------------------------------------------------------------------------- internals
     def _empty_state(self) -> MemoryState:

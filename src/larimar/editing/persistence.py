@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from ..memory.state import FORMAT, FORMAT_VERSION, MemoryState, load_state_file
 from ..model.larimar import LarimarModel
-from .memory import Fact, Items, Memory
+from .items import Fact, Items
 
 KIND = "larimar.facts"
 KIND_VERSION = 2
@@ -47,17 +47,16 @@ def _fact(record: dict[str, Any]) -> Fact:
     return Fact(record["id"], record["text"], datetime.fromisoformat(record["created"]), tuple(record["paraphrases"]))
 
 
-def save_memory(memory: Memory, path: Path) -> None:
-    """Write `memory` to `path` via a temporary file in the same folder and an atomic rename."""
-    state, items = memory.state, memory.items
+def save_memory(path: Path, model: LarimarModel, state: MemoryState, items: Items, facts: list[Fact],
+                episode_items: int) -> None:
+    """Write a memory to `path` via a temporary file in the same folder and an atomic rename."""
     tensors = {name: t for name, t in (("memory", state.memory), ("gram_pinv", state.gram_pinv), ("free", state.free))}
     tensors |= {"item_latents": items.latents, "item_keys": items.keys, "item_embeddings": items.embeddings,
                 "item_episodes": items.episodes}
     tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
     log = {
-        "kind": KIND, "kind_version": KIND_VERSION, "model": model_fingerprint(memory.model),
-        "facts": [_fact_record(f) for f in memory.facts()], "owners": items.owners,
-        "episode_items": memory.episode_items,
+        "kind": KIND, "kind_version": KIND_VERSION, "model": model_fingerprint(model),
+        "facts": [_fact_record(f) for f in facts], "owners": items.owners, "episode_items": episode_items,
     }
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "metadata": json.dumps(log)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +82,9 @@ def _check_kind(path: Path, log: dict[str, Any]) -> dict[str, Any]:
     return log
 
 
-def load_memory(model: LarimarModel, path: Path) -> Memory:
-    """Read a file written by `save_memory` for this model.
+def read_memory(model: LarimarModel, path: Path) -> tuple[MemoryState | None, Items | None, list[Fact], int | None]:
+    """The state, items, facts and episode size of a file written by `save_memory` for this
+    model; state and items are None for a file of version 1, whose facts must be written again.
 
     Raises:
         FileNotFoundError: no file at `path`.
@@ -99,20 +99,12 @@ def load_memory(model: LarimarModel, path: Path) -> Memory:
             f"{model_fingerprint(model)}); load it with the model that wrote it, or write the facts again"
         )
     facts = [_fact(r) for r in log["facts"]]
-    if int(log.get("kind_version", 1)) > KIND_VERSION:
-        raise ValueError(f"{path} was written by a newer larimar (fact log version {log['kind_version']}); upgrade larimar")
-    if int(log.get("kind_version", 1)) < 2:
-        return _migrate(model, facts)
+    version = int(log.get("kind_version", 1))
+    if version > KIND_VERSION:
+        raise ValueError(f"{path} was written by a newer larimar (fact log version {version}); upgrade larimar")
+    if version < 2:
+        return None, None, facts, None
     state = MemoryState(tensors["memory"], tensors["gram_pinv"], tensors["free"])
     items = Items(tensors["item_latents"], tensors["item_keys"], tensors["item_embeddings"], list(log["owners"]),
                   tensors["item_episodes"])
-    return Memory(model, state, items, facts, episode_items=log.get("episode_items"))
-
-
-def _migrate(model: LarimarModel, facts: list[Fact]) -> Memory:
-    """A memory holding `facts` written anew (same ids and dates) by this version's encoder."""
-    memory = Memory(model)
-    if facts:
-        memory._append([f.text for f in facts], [list(f.paraphrases) for f in facts], [f.id for f in facts],
-                       [f.created for f in facts])
-    return memory
+    return state, items, facts, log.get("episode_items")
