@@ -88,3 +88,23 @@ def test_demo_runs_on_a_tiny_model(model: str, capsys: pytest.CaptureFixture[str
     assert code == 0
     for heading in ("Before editing", "Writing facts", "Paraphrases", "Unrelated", "After forgetting"):
         assert heading in out
+
+
+def test_ask_eval_on_a_tiny_question_set(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    data = {"facts": [{"fact": f"Item {i} is kept in room {i}.", "answer": f"room {i}",
+                       "question": f"Where is item {i} kept?", "rephrased": f"Which room holds item {i}?"}
+                      for i in range(4)],
+            "unrelated": ["What is the capital of Japan?", "How do I boil an egg?"]}
+    path, out = tmp_path / "questions.json", tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    code, printed, _ = run(capsys, "ask-eval", "questions", "--data", str(path), "--model", model, "--sizes", "2",
+                           "--forget", "1", "--max-new-tokens", "3", "--out", str(out))
+    assert code == 0 and "| single fact | 4 |" in printed and "facts in one memory" in printed
+    report = json.loads(out.read_text())
+    assert report["single"]["facts"] == 4 and report["many_2"]["facts"] == 2 and report["forget"]["forgotten"] == 1
+    assert 0.0 <= report["unrelated"]["unchanged"] <= 1.0
+    (tmp_path / "bad.json").write_text(json.dumps({"facts": [{"fact": "x"}], "unrelated": []}))
+    code, _, err = run(capsys, "ask-eval", "questions", "--data", str(tmp_path / "bad.json"), "--model", model)
+    assert code == 2 and "lacks" in err

@@ -2,7 +2,7 @@
 
     larimar demo [--model PATH]
     larimar write FACT... --memory FILE [--model PATH]
-    larimar ask PROMPT [--memory FILE] [--model PATH] [--max-new-tokens N] [--threshold T]
+    larimar ask QUESTION [--memory FILE] [--model PATH] [--max-new-tokens N] [--threshold T]
     larimar ask QUESTION --context FILE [--fan-out F] [--keep K] [--model PATH]
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
@@ -11,6 +11,7 @@
     larimar corpus [--out runs/corpus]
     larimar copy-eval --model PATH [--corpus runs/corpus]
     larimar eval PROTOCOL --editor NAME --data PATH [--limit N] [--out DIR] [--model PATH] ...
+    larimar ask-eval {questions,edits} --data PATH [--limit N] [--sizes 100] [--out FILE]
 
 Each subcommand is a pair (add_arguments, run) in `COMMANDS`; add new ones there. Errors in
 user input print one line on stderr and exit with status 2.
@@ -19,6 +20,7 @@ user input print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -278,7 +280,6 @@ def _copy_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_copy(args: argparse.Namespace) -> None:
-    import json
 
     from .model import LarimarModel
     from .train.corpus import HELDOUT_FILE, load_sentences
@@ -336,10 +337,43 @@ def _run_eval(args: argparse.Namespace) -> None:
     print(f"results in {cfg.out_dir}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------------- ask-eval
+def _ask_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("benchmark", choices=["questions", "edits"],
+                        help="questions: the natural-question benchmark (benchmarks/questions/questions.json); "
+                             "edits: CounterFact or zsRE cases, each written alone and asked through ask")
+    parser.add_argument("--data", type=Path, required=True, help="the benchmark file")
+    parser.add_argument("--limit", type=int, default=None, help="first N facts or cases")
+    parser.add_argument("--sizes", default="100", help="questions: facts in one memory, comma-separated")
+    parser.add_argument("--forget", type=int, default=50, help="questions: facts forgotten in the forget row")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per reply at most")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    _add_model(parser)
+
+
+def _run_ask_eval(args: argparse.Namespace) -> None:
+    from .eval.datasets import load_cases
+    from .eval.questions import evaluate_edits_by_ask, evaluate_questions, format_questions, load_questions
+
+    lm = _load(args.model)
+    if args.benchmark == "questions":
+        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+        report = evaluate_questions(lm, load_questions(args.data, args.limit), sizes, args.forget, args.max_new_tokens)
+        print(format_questions(report))
+    else:
+        report = evaluate_edits_by_ask(lm, load_cases(args.data, limit=args.limit), args.max_new_tokens)
+        print(f"| cases | rewrite (answer in reply) | paraphrase | locality unchanged |\n|---:|---:|---:|---:|\n"
+              f"| {report['cases']} | {report['rewrite']:.3f} | {report['paraphrase']:.3f} | "
+              f"{report['locality_unchanged']:.3f} |")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+
+
 COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
-    "demo": ("teach the model counterfactual facts, ask, forget, with timings", _demo_args, _run_demo),
+    "demo": ("teach the model facts, ask questions about them, forget, with timings", _demo_args, _run_demo),
     "write": ("write facts into a memory file", _write_args, _run_write),
-    "ask": ("answer a prompt, using a memory file when in scope", _ask_args, _run_ask),
+    "ask": ("answer a question, using a memory file when in scope", _ask_args, _run_ask),
     "forget": ("forget a fact of a memory file by its id", _forget_args, _run_forget),
     "facts": ("list the facts of a memory file", _facts_args, _run_facts),
     "serve": ("serve memories over HTTP (persistent, per-memory API keys, audit log)", _serve_args, _run_serve),
@@ -348,6 +382,8 @@ COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "corpus": ("build the training corpus from offline Wikipedia and WordNet text", _corpus_args, _run_corpus),
     "copy-eval": ("measure whether the decoder reads its memory (copy accuracy, loss ratio)", _copy_args, _run_copy),
     "eval": ("evaluate an editor with a protocol on a dataset (tables, plots, JSONL)", _eval_args, _run_eval),
+    "ask-eval": ("judge the replies of ask: natural questions, or CounterFact / zsRE edits", _ask_eval_args,
+                 _run_ask_eval),
 }
 """Subcommand name -> (help, add_arguments, run)."""
 
