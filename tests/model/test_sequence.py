@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from larimar.memory import EpisodicMemory, MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
-from larimar.model.conditioning import _lead
+from larimar.model.late_fusion import _lead
 from larimar.model.sequence import (
     START,
     SuccessorScorer,

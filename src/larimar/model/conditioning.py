@@ -19,7 +19,7 @@ base model's.
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,12 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
+from .conditioning_config import ConditioningConfig, ConditioningMode, TrainablePart
+from .late_fusion import LateFusion
 from .sequence import START, SuccessorScorer, previous_tokens
 
-ConditioningMode = Literal["kv", "prefix", "output"]
-TrainablePart = Literal["adapter", "lora", "full"]
+__all__ = ["ConditioningConfig", "ConditioningMode", "DecoderShape", "GreedyOutput", "MemoryConditionedDecoder",
+           "TrainablePart", "causal_lm_loss"]
 
 _LORA_TARGET_CANDIDATES: tuple[tuple[str, ...], ...] = (
     ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -43,97 +45,6 @@ _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
 }
-
-
-@dataclass
-class ConditioningConfig:
-    """How the memory readout z conditions the decoder."""
-
-    code_size: int
-    """Width C of the memory readout z."""
-    mode: ConditioningMode = "kv"
-    """"kv": extra key/value slots in every layer (paper); "prefix": soft prefix embeddings;
-    "output": late fusion into the final hidden state (the decoder's states stay the base's)."""
-    slots: int = 1
-    """Memory key/value slots S per layer (mode "kv")."""
-    prefix_length: int = 4
-    """Soft prefix embeddings P (mode "prefix")."""
-    embedding_offset: bool = True
-    """Add a linear map of z (zero-initialised) to every input token embedding."""
-    share_key_value: bool = False
-    """Use one vector as both key and value of a slot, as the reference code does (mode "kv")."""
-    init_std: float = 0.02
-    """Initial output scale of the kv/prefix map: its outputs have std init_std * rms(z)."""
-    lora_rank: int = 0
-    """Rank of LoRA adapters on the decoder (0: none); they are active only when z is given."""
-    lora_alpha: float = 16.0
-    """LoRA scaling numerator (scale = lora_alpha / lora_rank)."""
-    lora_targets: tuple[str, ...] | None = None
-    """Module-name suffixes that get LoRA; None infers the attention projections."""
-    trainable: TrainablePart = "adapter"
-    """What trains: "adapter" (conditioning maps only), "lora" (+ LoRA), "full" (+ decoder)."""
-    fusion_hidden: int = 1024
-    """Hidden width of the fusion MLP F (mode "output")."""
-    copy_seen_threshold: float = 0.6
-    """Mode "output": a text token whose embedding has a cosine above this with the copy
-    direction counts as the copied word already present, and closes the copy gate."""
-    copy_seen_relative: bool = False
-    """Measure that cosine relative to the best cosine any vocabulary token reaches with the copy
-    direction (1.0 for the token the copy term points at), so the test does not depend on how
-    clean the readout is: a readout mixed from several facts lowers every absolute cosine."""
-    sequence_size: int = 0
-    """Mode "output": width D of a sequence channel after the C coordinates of z (a successor
-    sketch, `larimar.model.sequence`; z is then C + D wide). 0: none."""
-    sequence_weight: float = 10.0
-    """Logit added to a token whose successor score is 1 (scores above the threshold are
-    rescaled linearly: weight * (score - threshold) / (1 - threshold))."""
-    sequence_threshold: float = 0.3
-    """Successor scores below this add nothing (they are the sketch's noise)."""
-    sequence_confidence: float = 0.6
-    """Where the best successor score exceeds this while the token the copy term points at
-    scores below `sequence_threshold` (the text goes on with something else), the copy term is
-    off at that position. This keeps the stored last word from being pushed at every position
-    of a sentence that the sequence channel already spells out."""
-    sequence_lead: float | None = None
-    """Where the best successor score exceeds `sequence_confidence`, that successor's logit is
-    raised to at least the highest other logit of the row plus this margin, so a continuation the memory
-    confidently holds wins over whatever the decoder prefers there (an instruction-tuned
-    decoder ends its turn after a question mark, for instance). None: no such rule."""
-
-    def __post_init__(self) -> None:
-        if self.code_size <= 0:
-            raise ValueError(f"code_size must be positive; got {self.code_size}")
-        if self.mode not in ("kv", "prefix", "output"):
-            raise ValueError(f'mode must be "kv", "prefix" or "output"; got {self.mode!r}')
-        if self.mode == "output" and self.embedding_offset:
-            raise ValueError(
-                'mode "output" conditions only the final hidden state; set embedding_offset: false'
-            )
-        if self.fusion_hidden <= 0:
-            raise ValueError(f"fusion_hidden must be positive; got {self.fusion_hidden}")
-        if self.sequence_size < 0:
-            raise ValueError(f"sequence_size must be >= 0; got {self.sequence_size}")
-        if self.sequence_size and self.mode != "output":
-            raise ValueError('a sequence channel (sequence_size > 0) needs mode "output"')
-        if not 0.0 <= self.sequence_threshold < 1.0 or not 0.0 <= self.sequence_confidence < 1.0:
-            raise ValueError("sequence_threshold and sequence_confidence must be in [0, 1); got "
-                             f"{self.sequence_threshold}, {self.sequence_confidence}")
-        if self.sequence_lead is not None and self.sequence_lead < 0:
-            raise ValueError(f"sequence_lead must be >= 0 (a logit margin) or null; got {self.sequence_lead}")
-        if self.slots <= 0:
-            raise ValueError(f"slots must be positive; got {self.slots}")
-        if self.prefix_length <= 0:
-            raise ValueError(f"prefix_length must be positive; got {self.prefix_length}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be non-negative; got {self.init_std}")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0; got {self.lora_rank}")
-        if self.trainable not in ("adapter", "lora", "full"):
-            raise ValueError(
-                f'trainable must be "adapter", "lora" or "full"; got {self.trainable!r}'
-            )
-        if self.trainable == "lora" and self.lora_rank == 0:
-            raise ValueError('trainable="lora" needs lora_rank > 0')
 
 
 @dataclass(frozen=True)
@@ -223,7 +134,7 @@ def _with_lora(decoder: PreTrainedModel, config: ConditioningConfig) -> PeftMode
     return get_peft_model(decoder, lora)
 
 
-class MemoryConditionedDecoder(nn.Module):
+class MemoryConditionedDecoder(LateFusion, nn.Module):
     """A causal LM whose output depends on a memory readout z (B, C), or is the base's without z.
 
     Args:
@@ -557,7 +468,6 @@ class MemoryConditionedDecoder(nn.Module):
             for kind in layer_types
         }
 
-    # ------------------------------------------------------------------ mode "output"
     def _body_and_head(self) -> tuple[nn.Module, nn.Module]:
         """The base decoder's transformer body (final norm included) and its output head."""
         base = self.decoder.get_base_model() if isinstance(self.decoder, PeftModel) else self.decoder
@@ -572,105 +482,3 @@ class MemoryConditionedDecoder(nn.Module):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         with self._adapters(None):
             return body(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
-
-    def _unit_embeddings(self, dtype: torch.dtype) -> Tensor:
-        """The decoder's input embeddings scaled to unit rows (V, H), cached while they do not
-        change (normalising the whole table at every step cost a third of a generation)."""
-        weight = self.decoder.get_input_embeddings().weight
-        key = (weight.data_ptr(), weight._version, weight.device, dtype)
-        cached = getattr(self, "_unit_table", None)
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return F.normalize(weight.to(dtype), dim=-1)
-        if cached is None or cached[0] != key:
-            cached = (key, F.normalize(weight.detach().to(dtype), dim=-1))
-            self._unit_table = cached
-        return cached[1]
-
-    def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None) -> Tensor:
-        """How much of what the copy term points at the text already holds, at each position.
-
-        embeds (B, T, H) are the input embeddings of consecutive positions, z (B, C); past
-        (B, 1) is the value at the position before them. Returns (B, T, 1): the running maximum
-        over positions of the cosine between an input token's embedding and U z.
-        """
-        direction = self.memory_map(self._code(z).to(embeds.dtype))[:, None, :]  # (B, 1, H)
-        cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
-        if self.config.copy_seen_relative:
-            table = self._unit_embeddings(embeds.dtype)  # (V, H)
-            best = (table @ F.normalize(direction[:, 0], dim=-1).T).amax(0)  # (B,)
-            cos = cos / best.clamp_min(1e-6)[:, None]
-        run = torch.cummax(cos, dim=1).values
-        if past is not None:
-            run = torch.maximum(run, past.to(run))
-        return run.unsqueeze(-1)
-
-    def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
-                     tokens: Tensor | None = None, previous: Tensor | None = None,
-                     candidates: Tensor | None = None) -> Tensor:
-        """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
-
-        seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
-        holds the word it points at (no "Rome, Rome, Rome"); the full forward and generation
-        always pass it.
-
-        logits = head(h + F([h; z])) + g([h; z]) * normalize_rows(W_out) @ (U z): a residual MLP
-        on the hidden state plus a copy term that scores every token by the cosine between its
-        output embedding and the vector U z (so frequent, long embeddings do not win by norm),
-        with a gate g in (0, 2), computed from the MLP's hidden features, that lets each position
-        decide how much to copy.
-
-        With a sequence channel and `tokens` (...), the ids whose next token is being predicted,
-        and `previous` (...), the ids before them (START where unknown), each token also gets
-        weight * relu(s - t) / (1 - t) for its successor score s under the readout's sketch
-        (threshold t), and the copy term is off where the sketch confidently
-        continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
-        With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
-        candidates (B, M) limit the successor scores to the recalled text's tokens.
-        """
-        if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
-            raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
-        _, head = self._body_and_head()
-        z = z.to(hidden.dtype)
-        if hidden.ndim == z.ndim + 1:
-            z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
-        z, sketch = self._code(z), z[..., self.config.code_size :]
-        features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
-        mixed = hidden + self.fusion_out(features)
-        direction = self.memory_map(z)  # (..., H)
-        gate = self.copy_gate(features)  # (..., 1)
-        if seen is not None:
-            gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
-        copy = direction * (2 * torch.sigmoid(gate))
-        weight = head.weight  # (V, H)
-        copied = (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)  # (..., V)
-        logits = head(mixed)
-        cfg, scores = self.config, None
-        if self.successors is not None and tokens is not None:
-            if previous is None:
-                previous = torch.full_like(tokens, START)
-            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device),
-                                            candidates)  # (..., V)
-            logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
-                1 - cfg.sequence_threshold)
-            pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token
-            yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
-            copied = copied.masked_fill(yields, 0.0)
-        logits = logits + copied
-        if scores is not None and cfg.sequence_lead is not None:
-            logits = _lead(logits, scores, cfg.sequence_confidence, cfg.sequence_lead)
-        cap = getattr(self.text_config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-
-def _lead(logits: Tensor, scores: Tensor, confidence: float, margin: float) -> Tensor:
-    """Raise each row's most confident successor to at least (the best other logit) + margin.
-
-    logits, scores: (..., V). Rows whose best successor score is <= confidence are unchanged.
-    """
-    best_score, best = scores.max(-1, keepdim=True)  # (..., 1)
-    current = logits.gather(-1, best)
-    others = logits.scatter(-1, best, float("-inf")).amax(-1, keepdim=True)
-    raised = torch.maximum(current, others + margin)
-    return logits.scatter(-1, best, torch.where(best_score > confidence, raised, current))

@@ -1,0 +1,119 @@
+"""Mode "output" (late fusion) of `MemoryConditionedDecoder`: the memory enters after the base
+decoder's final hidden state, so the decoder's own states never depend on it.
+
+Symbols: B batch, T tokens, C code size, H hidden size, V vocabulary.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .sequence import START
+
+
+class LateFusion:
+    """The late-fusion methods of `MemoryConditionedDecoder` (a mixin: it reads the decoder's
+    fusion_in, fusion_out, copy_gate, copy_seen, memory_map, successors and config)."""
+
+    def _unit_embeddings(self, dtype: torch.dtype) -> Tensor:
+        """The decoder's input embeddings scaled to unit rows (V, H), cached while they do not
+        change (normalising the whole table at every step cost a third of a generation)."""
+        weight = self.decoder.get_input_embeddings().weight
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        cached = getattr(self, "_unit_table", None)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return F.normalize(weight.to(dtype), dim=-1)
+        if cached is None or cached[0] != key:
+            cached = (key, F.normalize(weight.detach().to(dtype), dim=-1))
+            self._unit_table = cached
+        return cached[1]
+
+    def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None) -> Tensor:
+        """How much of what the copy term points at the text already holds, at each position.
+
+        embeds (B, T, H) are the input embeddings of consecutive positions, z (B, C); past
+        (B, 1) is the value at the position before them. Returns (B, T, 1): the running maximum
+        over positions of the cosine between an input token's embedding and U z.
+        """
+        direction = self.memory_map(self._code(z).to(embeds.dtype))[:, None, :]  # (B, 1, H)
+        cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
+        if self.config.copy_seen_relative:
+            table = self._unit_embeddings(embeds.dtype)  # (V, H)
+            best = (table @ F.normalize(direction[:, 0], dim=-1).T).amax(0)  # (B,)
+            cos = cos / best.clamp_min(1e-6)[:, None]
+        run = torch.cummax(cos, dim=1).values
+        if past is not None:
+            run = torch.maximum(run, past.to(run))
+        return run.unsqueeze(-1)
+
+    def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
+                     tokens: Tensor | None = None, previous: Tensor | None = None,
+                     candidates: Tensor | None = None) -> Tensor:
+        """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
+
+        seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
+        holds the word it points at (no "Rome, Rome, Rome"); the full forward and generation
+        always pass it.
+
+        logits = head(h + F([h; z])) + g([h; z]) * normalize_rows(W_out) @ (U z): a residual MLP
+        on the hidden state plus a copy term that scores every token by the cosine between its
+        output embedding and the vector U z (so frequent, long embeddings do not win by norm),
+        with a gate g in (0, 2), computed from the MLP's hidden features, that lets each position
+        decide how much to copy.
+
+        With a sequence channel and `tokens` (...), the ids whose next token is being predicted,
+        and `previous` (...), the ids before them (START where unknown), each token also gets
+        weight * relu(s - t) / (1 - t) for its successor score s under the readout's sketch
+        (threshold t), and the copy term is off where the sketch confidently
+        continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
+        With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
+        candidates (B, M) limit the successor scores to the recalled text's tokens.
+        """
+        if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
+            raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
+        _, head = self._body_and_head()
+        z = z.to(hidden.dtype)
+        if hidden.ndim == z.ndim + 1:
+            z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
+        z, sketch = self._code(z), z[..., self.config.code_size :]
+        features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
+        mixed = hidden + self.fusion_out(features)
+        direction = self.memory_map(z)  # (..., H)
+        gate = self.copy_gate(features)  # (..., 1)
+        if seen is not None:
+            gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
+        copy = direction * (2 * torch.sigmoid(gate))
+        weight = head.weight  # (V, H)
+        copied = (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)  # (..., V)
+        logits = head(mixed)
+        cfg, scores = self.config, None
+        if self.successors is not None and tokens is not None:
+            if previous is None:
+                previous = torch.full_like(tokens, START)
+            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device),
+                                            candidates)  # (..., V)
+            logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
+                1 - cfg.sequence_threshold)
+            pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token
+            yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
+            copied = copied.masked_fill(yields, 0.0)
+        logits = logits + copied
+        if scores is not None and cfg.sequence_lead is not None:
+            logits = _lead(logits, scores, cfg.sequence_confidence, cfg.sequence_lead)
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+def _lead(logits: Tensor, scores: Tensor, confidence: float, margin: float) -> Tensor:
+    """Raise each row's most confident successor to at least (the best other logit) + margin.
+
+    logits, scores: (..., V). Rows whose best successor score is <= confidence are unchanged.
+    """
+    best_score, best = scores.max(-1, keepdim=True)  # (..., 1)
+    current = logits.gather(-1, best)
+    others = logits.scatter(-1, best, float("-inf")).amax(-1, keepdim=True)
+    raised = torch.maximum(current, others + margin)
+    return logits.scatter(-1, best, torch.where(best_score > confidence, raised, current))
+
