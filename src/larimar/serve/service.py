@@ -415,10 +415,10 @@ class MemoryService:
 
     # ----------------------------------------------------------------------------- checks
     def _check_name(self, name: str) -> str:
+        self._check_controls("name", name)
         name = name.strip()
         if len(name) > self.limits.max_name_chars:
             raise Invalid(f"name has {len(name)} characters; at most {self.limits.max_name_chars} are allowed")
-        self._check_controls("name", name)
         return name
 
     def _check_batch(self, facts: Sequence[str], paraphrases: Sequence[Sequence[str]] | None) -> None:
@@ -441,9 +441,9 @@ class MemoryService:
         for i, text in enumerate(texts):
             if len(text) > limit:
                 raise Invalid(f"{name}[{i}] has {len(text)} characters; at most {limit} are allowed")
+            cls._check_controls(f"{name}[{i}]", text)
             if not empty_ok and not text.strip():
                 raise Invalid(f"{name}[{i}] is empty; send a non-empty sentence")
-            cls._check_controls(f"{name}[{i}]", text)
 
     @staticmethod
     def _check_controls(name: str, text: str) -> None:
@@ -455,9 +455,9 @@ class MemoryService:
     def _check_prompt(self, prompt: str) -> None:
         if len(prompt) > self.limits.max_prompt_chars:
             raise Invalid(f"prompt has {len(prompt)} characters; at most {self.limits.max_prompt_chars} are allowed")
+        self._check_controls("prompt", prompt)
         if not prompt.strip():
             raise Invalid("prompt is empty; send a question or the start of a sentence")
-        self._check_controls("prompt", prompt)
 
     def _check_candidates(self, candidates: Sequence[str]) -> None:
         if not candidates:

@@ -158,7 +158,7 @@ def _time(value: str | None) -> datetime | None:
 def describe(db: str | Path) -> str:
     """`db` for logs: a PostgreSQL URL without its password."""
     text = str(db)
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*:/*[^:/@]*:)[^@]*@", r"\1***@", text)
 
 
 def open_store(db: str | Path) -> Store:
@@ -182,9 +182,10 @@ def open_store(db: str | Path) -> Store:
             raise DatabaseError(f"malformed PostgreSQL URL {describe(text)!r}; write postgresql://user:password@host:port/dbname")
         return PostgresStore(text)
     if scheme == "sqlite":
-        path = re.sub(r"^//", "", rest)
-        if not path or path == "/":
-            raise DatabaseError(f"{text!r} names no file; write sqlite:///path/to/memories.db or just the path")
+        path = rest[3:] if rest.startswith("///") else ""  # sqlite:///relative.db, sqlite:////absolute.db
+        if not path.strip("/"):
+            raise DatabaseError(f"{text!r} names no file; write sqlite:///relative/path.db, sqlite:////absolute/path.db "
+                                "or just the path")
         return SqliteStore(Path(path))
     raise DatabaseError(f"unsupported database {describe(text)!r}: the scheme {scheme!r} is not supported; "
                         "pass a SQLite file path (e.g. memories.db) or postgresql://user@host/dbname")
