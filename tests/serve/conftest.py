@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -28,10 +29,12 @@ def lm(model_dir: Path) -> larimar.Larimar:
 
 @pytest.fixture
 def make_app(lm: larimar.Larimar, tmp_path: Path) -> AppFactory:
-    """make_app(db=..., admin_key=..., limits=...) -> an app sharing the session's model."""
+    """make_app(db=..., admin_key=..., limits=..., **ServeConfig fields) -> an app sharing the session's model."""
 
-    def make(db: Path | None = None, admin_key: str | None = None, limits: Limits | None = None) -> FastAPI:
-        config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits())
+    def make(db: Path | str | None = None, admin_key: str | None = None, limits: Limits | None = None,
+             **settings: Any) -> FastAPI:
+        config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits(),
+                             **settings)
         return create_app(config, lm)
 
     return make
