@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 import larimar
 from larimar.serve import Limits, ServeConfig, create_app
 from tests.editing.tiny_larimar import save_tiny_larimar
+from tests.serve.postgres import PostgresServer, find_postgres
 
 AppFactory = Callable[..., FastAPI]
 
@@ -67,3 +69,25 @@ class MemoryHandle:
 @pytest.fixture
 def memory(client: TestClient) -> MemoryHandle:
     return MemoryHandle(client)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the session; skips (saying why) where PostgreSQL cannot run."""
+    bin_dir, why = find_postgres()
+    if bin_dir is None:
+        pytest.skip(why)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        server.stop()
+        pytest.skip(f"could not start PostgreSQL: {err}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()

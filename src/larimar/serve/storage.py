@@ -371,7 +371,7 @@ class Store:
 
     def _insert_facts(self, db: Any, memory_id: str, facts: Sequence[FactRow]) -> None:
         if facts:
-            db.executemany(self._sql("INSERT INTO facts (memory_id, id, text, paraphrases, created) VALUES (?, ?, ?, ?, ?)"),
+            db.cursor().executemany(self._sql("INSERT INTO facts (memory_id, id, text, paraphrases, created) VALUES (?, ?, ?, ?, ?)"),
                            [(memory_id, f.id, f.text, json.dumps(list(f.paraphrases)), f.created.isoformat())
                             for f in facts])
 
