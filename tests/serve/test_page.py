@@ -65,7 +65,8 @@ def shots(tmp_path: Path) -> Path:
     return Path(os.environ.get("LARIMAR_SCREENSHOTS") or tmp_path / "screenshots")
 
 
-def open_page(page: Browser, server: str) -> None:
+def open_page(page: Browser, server: str, width: int = 1000, height: int = 1500) -> None:
+    page.viewport(width, height, mobile=width < 600)
     page.send("Page.navigate", url=server + "/")
     page.wait_for("document.readyState === 'complete' && !!document.getElementById('create')")
 
@@ -97,6 +98,7 @@ def test_page_writes_asks_searches_and_forgets(server: str, browser: Browser, tm
     key = browser.wait_for("document.getElementById('created-key').textContent")
     memory_id = browser.js("document.getElementById('memory-id').value")
     assert key.startswith(f"lmk_{memory_id}.")
+    browser.wait_for("document.getElementById('create-msg').textContent")
     assert message(browser, "create-msg") == {"text": f"created memory {memory_id}", "cls": "msg ok"}
     browser.wait_for("document.getElementById('facts').textContent.includes('No facts yet')")
 
@@ -106,11 +108,11 @@ def test_page_writes_asks_searches_and_forgets(server: str, browser: Browser, tm
     shown = rows(browser)
     assert [r["text"] for r in shown] == [FACT, OTHER, HOSTILE]
     assert browser.js("window.pwned === undefined && document.querySelectorAll('#facts img').length === 0")
-    assert "wrote 3 fact(s)" in message(browser, "write-msg")["text"]
+    assert "wrote 3 fact(s)" in browser.wait_for("document.getElementById('write-msg').textContent")
 
     set_value(browser, "prompt", FACT)
     focus_and_enter(browser, "prompt")
-    browser.wait_for("document.querySelector('#conversation li') && "
+    browser.wait_for("!!document.querySelector('#conversation li') && "
                      "document.querySelector('#conversation li').dataset.inScope !== undefined")
     [turn] = turns(browser)
     assert turn["question"] == FACT and turn["inScope"] == "true" and turn["factId"] == shown[0]["id"]
@@ -129,6 +131,7 @@ def test_page_writes_asks_searches_and_forgets(server: str, browser: Browser, tm
 
     browser.js(f"document.querySelector('#facts tr[data-id=\"{shown[0]['id']}\"] button.forget').click()")
     browser.wait_for("document.querySelectorAll('#facts tr').length === 2")
+    browser.wait_for("document.getElementById('facts-msg').textContent")
     assert message(browser, "facts-msg") == {"text": f"forgot {shown[0]['id']}", "cls": "msg ok"}
     click(browser, "show-forgotten")
     browser.wait_for("document.querySelectorAll('#facts tr').length === 3")
@@ -172,7 +175,7 @@ def test_page_error_paths(server: str, browser: Browser, tmp_path: Path) -> None
 
     set_value(browser, "prompt", "x" * 2001)  # too long: the error lands in the turn and next to Ask
     click(browser, "ask")
-    browser.wait_for("document.querySelector('#conversation li.error')")
+    browser.wait_for("!!document.querySelector('#conversation li.error')")
     [turn] = turns(browser)
     assert turn["error"] == "true" and "at most 2000" in turn["reply"] and turn["scope"] == ""
     assert "at most 2000" in message(browser, "ask-msg")["text"]
@@ -180,8 +183,7 @@ def test_page_error_paths(server: str, browser: Browser, tmp_path: Path) -> None
 
 
 def test_page_fits_a_narrow_screen(server: str, browser: Browser, tmp_path: Path) -> None:
-    browser.viewport(375, 800, mobile=True)
-    open_page(browser, server)
+    open_page(browser, server, 375, 1400)
     set_value(browser, "new-name", "phone")
     click(browser, "create")
     browser.wait_for("document.getElementById('created-key').textContent")

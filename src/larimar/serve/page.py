@@ -28,6 +28,7 @@ PAGE = """<!doctype html>
   button { font: inherit; padding: .35rem .9rem; border-radius: 5px; border: 1px solid var(--accent);
            background: var(--accent); color: white; cursor: pointer; }
   button.secondary, button.forget { background: white; color: var(--accent); }
+  button { white-space: nowrap; overflow-wrap: normal; }
   button:disabled { opacity: .5; cursor: default; }
   .row { display: flex; gap: .6rem; align-items: flex-end; flex-wrap: wrap; }
   .row > label { flex: 1 1 14rem; }
@@ -43,6 +44,7 @@ PAGE = """<!doctype html>
   #conversation { list-style: none; padding: 0; margin: .5rem 0; display: flex; flex-direction: column; gap: .5rem; }
   #conversation li { border-radius: 8px; padding: .5rem .7rem; background: #f8fafc; border: 1px solid var(--line); }
   #conversation .question { font-weight: 600; }
+  #conversation div, td, .msg { overflow-wrap: anywhere; }
   #conversation .reply { margin: .25rem 0; white-space: pre-wrap; }
   #conversation .reply.empty { color: var(--muted); font-style: italic; }
   #conversation li.error .reply { color: var(--error); }
