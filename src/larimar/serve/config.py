@@ -37,7 +37,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """One memory service: a model loaded once, a SQLite database, limits and an optional admin key."""
+    """One memory service: a model loaded once, a database (SQLite or PostgreSQL), limits, an optional
+    admin key, and how often memories are snapshotted and asks batched."""
 
     db: Path | str = "larimar.db"
     """A SQLite database file (created if missing; WAL mode), or `postgresql://user:password@host/dbname`
