@@ -99,7 +99,7 @@ def test_snapshots_fold_the_log_in(make_app: AppFactory, lm: larimar.Larimar, tm
         memory.write(fact)
     service(client).flush()
     with sqlite3.connect(db) as con:
-        snapshot_seq, head_seq = con.execute("SELECT snapshot_seq, head_seq FROM memories").fetchone()
+        snapshot_seq, head_seq = con.execute("SELECT snapshot_seq, head_seq FROM heads").fetchone()
     assert snapshot_seq >= 6 and head_seq == 7 and log_rows(db) == head_seq - snapshot_seq < 3
     again = service(TestClient(make_app(snapshot_every=3)))._memory(memory.id)
     assert_same_memory(again, service(client)._memory(memory.id), lm, rtol=1e-9, atol=1e-12)

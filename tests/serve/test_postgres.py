@@ -44,7 +44,7 @@ def test_api_on_postgres_survives_a_restart(make_app: AppFactory, lm: larimar.La
     assert {k: again[k] for k in ("text", "in_scope", "fact_id")} == {k: answer[k] for k in ("text", "in_scope", "fact_id")}
     assert_same_memory(service(restarted)._memory(memory.id), service(client)._memory(memory.id), lm, 1e-9, 1e-12)
     with psycopg.connect(postgres_url) as con:
-        snapshot_seq, head_seq = con.execute("SELECT snapshot_seq, head_seq FROM memories").fetchone()
+        snapshot_seq, head_seq = con.execute("SELECT snapshot_seq, head_seq FROM heads").fetchone()
     assert 0 < snapshot_seq <= head_seq
     assert restarted.delete(memory.url(), headers=memory.headers).status_code == 204
     assert client.get(memory.url("/facts"), headers=memory.headers).status_code in (401, 404)

@@ -1,9 +1,11 @@
 """Persistence of the memory service: SQLite (a file, the default) or PostgreSQL (shared by replicas).
 
 Tables:
-    memories(id, name, created, deleted, key_salt, key_hash, state, snapshot_seq, head_seq)
-        `state` is the memory's latest snapshot, exactly as `Memory.save` writes it (safetensors
-        bytes), taken after the log entry `snapshot_seq`; `head_seq` is the memory's last log entry.
+    memories(id, name, created, deleted, key_salt, key_hash, state)
+        `state` is the memory's latest snapshot, exactly as `Memory.save` writes it (safetensors bytes).
+    heads(memory_id, snapshot_seq, head_seq)
+        The log entry the snapshot was taken after, and the memory's last log entry. A small row of
+        its own: a change updates it without rewriting (or reading past) the snapshot's megabytes.
     log(seq, memory_id, op, fact_id, data)
         One row per change after the snapshot: a write (op 'write', `data` holds the encoded items
         the update applied: latents, keys, scope embeddings and the facts) or a forget (op
@@ -14,10 +16,10 @@ Tables:
 A memory's state is its snapshot followed by its log entries replayed in order. A change appends
 its log entry and its audit rows and moves `head_seq` in one transaction (small: no memory state),
 so a crash leaves either all or none of it. Changes of one memory are serialised by the database
-(SQLite: one writer at a time; PostgreSQL: `SELECT ... FOR UPDATE` on the memory's row).
+(SQLite: one writer at a time; PostgreSQL: `SELECT ... FOR UPDATE` on the memory's heads row).
 
 Databases written before the log existed load as they are: their `state` is the snapshot of a
-memory whose log is empty (`Store` adds the missing columns and table on open).
+memory whose log is empty (`Store` adds the missing tables and rows on open).
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ CREATE TABLE IF NOT EXISTS facts (
     forgotten TEXT,
     UNIQUE (memory_id, id)
 );
+CREATE TABLE IF NOT EXISTS heads (
+    memory_id TEXT PRIMARY KEY REFERENCES memories(id),
+    snapshot_seq INTEGER NOT NULL DEFAULT 0,
+    head_seq INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     memory_id TEXT NOT NULL REFERENCES memories(id),
@@ -76,7 +83,10 @@ CREATE TABLE IF NOT EXISTS memories (
     deleted TEXT,
     key_salt BYTEA NOT NULL,
     key_hash BYTEA NOT NULL,
-    state BYTEA,
+    state BYTEA
+);
+CREATE TABLE IF NOT EXISTS heads (
+    memory_id TEXT PRIMARY KEY REFERENCES memories(id),
     snapshot_seq BIGINT NOT NULL DEFAULT 0,
     head_seq BIGINT NOT NULL DEFAULT 0
 );
@@ -102,6 +112,8 @@ CREATE INDEX IF NOT EXISTS log_memory ON log (memory_id, seq);
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):(?P<rest>.*)$", re.S)
+HEAD = ("SELECT h.head_seq FROM heads h JOIN memories m ON m.id = h.memory_id "
+        "WHERE h.memory_id = ? AND m.deleted IS NULL")
 _SCHEMA_LOCK = 0x4C41524D  # advisory lock id: replicas starting together create the tables once
 
 
@@ -213,7 +225,7 @@ class Store:
 
     def _lock_memory(self, db: Any, memory_id: str) -> int | None:
         """Inside a write transaction: the memory's head_seq with the memory locked, None if absent or deleted."""
-        row = self._one(db, "SELECT head_seq FROM memories WHERE id = ? AND deleted IS NULL", (memory_id,))
+        row = self._one(db, HEAD, (memory_id,))
         return None if row is None else int(row[0])
 
     # ----------------------------------------------------------------------------- plumbing
@@ -254,9 +266,9 @@ class Store:
                       facts: Sequence[FactRow] = ()) -> None:
         """Add a memory with its first snapshot (and the facts of an imported file) in one transaction."""
         with self._transaction(write=True) as db:
-            self._exec(db, "INSERT INTO memories (id, name, created, key_salt, key_hash, state, snapshot_seq, head_seq) "
-                           "VALUES (?, ?, ?, ?, ?, ?, 0, 0)",
+            self._exec(db, "INSERT INTO memories (id, name, created, key_salt, key_hash, state) VALUES (?, ?, ?, ?, ?, ?)",
                        (memory_id, name, created.isoformat(), key.salt, key.digest, state))
+            self._exec(db, "INSERT INTO heads (memory_id, snapshot_seq, head_seq) VALUES (?, 0, 0)", (memory_id,))
             self._insert_facts(db, memory_id, facts)
 
     def memories(self, ids: Sequence[str] | None = None) -> list[MemoryRow]:
@@ -284,7 +296,7 @@ class Store:
 
     def head(self, memory_id: str) -> int | None:
         """The memory's last log entry (0 before any), None when there is no such memory (or it was deleted)."""
-        row = self._one(self._db(), "SELECT head_seq FROM memories WHERE id = ? AND deleted IS NULL", (memory_id,))
+        row = self._one(self._db(), HEAD, (memory_id,))
         return None if row is None else int(row[0])
 
     def load(self, memory_id: str, after: int | None = None) -> Loaded | None:
@@ -297,7 +309,8 @@ class Store:
             return self._load(db, memory_id, after)
 
     def _load(self, db: Any, memory_id: str, after: int | None) -> Loaded | None:
-        row = self._one(db, "SELECT snapshot_seq, head_seq FROM memories WHERE id = ? AND deleted IS NULL", (memory_id,))
+        row = self._one(db, "SELECT h.snapshot_seq, h.head_seq FROM heads h JOIN memories m ON m.id = h.memory_id "
+                            "WHERE h.memory_id = ? AND m.deleted IS NULL", (memory_id,))
         if row is None:
             return None
         snapshot_seq, head_seq = int(row[0]), int(row[1])
@@ -311,8 +324,8 @@ class Store:
 
     def snapshot(self, memory_id: str) -> tuple[bytes, int] | None:
         """The latest snapshot and the log entry it was taken after."""
-        row = self._one(self._db(), "SELECT state, snapshot_seq FROM memories WHERE id = ? AND deleted IS NULL",
-                        (memory_id,))
+        row = self._one(self._db(), "SELECT m.state, h.snapshot_seq FROM memories m JOIN heads h ON h.memory_id = m.id "
+                                    "WHERE m.id = ? AND m.deleted IS NULL", (memory_id,))
         return None if row is None else (bytes(row[0]), int(row[1]))
 
     def save_snapshot(self, memory_id: str, seq: int, state: bytes) -> bool:
@@ -322,10 +335,11 @@ class Store:
         """
         with self._transaction(write=True) as db:
             head = self._lock_memory(db, memory_id)
-            row = self._one(db, "SELECT snapshot_seq FROM memories WHERE id = ?", (memory_id,))
+            row = self._one(db, "SELECT snapshot_seq FROM heads WHERE memory_id = ?", (memory_id,))
             if head is None or row is None or int(row[0]) >= seq or seq > head:
                 return False
-            self._exec(db, "UPDATE memories SET state = ?, snapshot_seq = ? WHERE id = ?", (state, seq, memory_id))
+            self._exec(db, "UPDATE memories SET state = ? WHERE id = ?", (state, memory_id))
+            self._exec(db, "UPDATE heads SET snapshot_seq = ? WHERE memory_id = ?", (seq, memory_id))
             self._exec(db, "DELETE FROM log WHERE memory_id = ? AND seq <= ?", (memory_id, seq))
         return True
 
@@ -405,8 +419,7 @@ class Change:
         store = self.store
         (seq,) = store._one(self.db, "INSERT INTO log (memory_id, op, fact_id, data) VALUES (?, ?, ?, ?) RETURNING seq",
                             (self.memory_id, op, fact_id, data))
-        updated = store._exec(self.db, "UPDATE memories SET head_seq = ? WHERE id = ? AND deleted IS NULL",
-                              (seq, self.memory_id))
+        updated = store._exec(self.db, "UPDATE heads SET head_seq = ? WHERE memory_id = ?", (seq, self.memory_id))
         if updated.rowcount != 1:
             raise LookupError(f"memory {self.memory_id} does not exist or was deleted")
         self.head = int(seq)
@@ -442,12 +455,11 @@ class SqliteStore(Store):
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        """Databases from before the log: their `state` becomes the snapshot of an empty log."""
-        columns = {row[1] for row in db.execute("PRAGMA table_info(memories)")}
-        for column in ("snapshot_seq", "head_seq"):
-            if column not in columns:
-                db.execute(f"ALTER TABLE memories ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-                logger.info("migrated %s: added memories.%s", "the database", column)
+        """Databases from before the log: each memory's `state` becomes the snapshot of an empty log."""
+        added = db.execute("INSERT INTO heads (memory_id, snapshot_seq, head_seq) "
+                           "SELECT id, 0, 0 FROM memories WHERE id NOT IN (SELECT memory_id FROM heads)").rowcount
+        if added:
+            logger.info("migrated %s: %d memories now have a log", "the database", added)
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
@@ -497,7 +509,7 @@ class PostgresStore(Store):
                                 "(postgresql://user:password@host:port/dbname) and that the server runs") from err
 
     def _lock_memory(self, db: Any, memory_id: str) -> int | None:
-        row = self._one(db, "SELECT head_seq FROM memories WHERE id = ? AND deleted IS NULL FOR UPDATE", (memory_id,))
+        row = self._one(db, HEAD + " FOR UPDATE OF h", (memory_id,))
         return None if row is None else int(row[0])
 
     @contextmanager
