@@ -190,12 +190,13 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop sending after this long, per cell")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per ask")
     parser.add_argument("--skip-asks", action="store_true", help="measure writes only")
+    parser.add_argument("--skip-writes", action="store_true", help="measure asks only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = parser.parse_args()
 
     import larimar
 
-    lm = larimar.load(args.model)
+    lm = None if args.skip_writes else larimar.load(args.model)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         server = None
         if args.url is None:
@@ -204,7 +205,7 @@ def main() -> None:
         url = args.url or server.url  # type: ignore[union-attr]
         check_loopback(url)
         try:
-            ratios = measure_writes(url, lm, args)
+            ratios = [] if args.skip_writes else measure_writes(url, lm, args)
             cells = [] if args.skip_asks else measure_asks(url, args)
         finally:
             if server is not None:

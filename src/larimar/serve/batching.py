@@ -1,8 +1,8 @@
 """Micro-batched asks: concurrent asks share the decoder's forward passes.
 
-`Batcher` hands requests from many threads to one worker, which waits a short window after the
-first for others to join (or takes what queued up while the previous batch ran) and answers them
-with one call of a batch function. The batch function is a plain callable, so the service can use
+`Batcher` hands requests from many threads to one worker, which takes what queued up while the
+previous batch ran and, while asks come concurrently, waits a short window after the first for
+others to join; it answers them with one call of a batch function. The batch function is a plain callable, so the service can use
 `larimar_ask_many` below or any other (say a future `Larimar.ask_many`).
 """
 
@@ -44,6 +44,7 @@ class Batcher(Generic[In, Out]):
         self._queue: queue.Queue[tuple[In, Future[Out]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._loop, name="larimar-ask-batcher", daemon=True)
         self._worker.start()
+        self._last = 1
         self.on_batch: Callable[[int], None] | None = None
         """Called with the size of each batch (metrics)."""
 
@@ -65,7 +66,10 @@ class Batcher(Generic[In, Out]):
             if first is None:
                 return
             batch = [first]
-            deadline = time.monotonic() + self.wait_s
+            # wait for company only while asks come concurrently (the last batch had several):
+            # a lone client pays at most a millisecond
+            wait = self.wait_s if self._last > 1 else min(self.wait_s, 0.001)
+            deadline = time.monotonic() + wait
             stop = False
             while len(batch) < self.max_batch:
                 try:
@@ -81,6 +85,7 @@ class Batcher(Generic[In, Out]):
                 return
 
     def _answer(self, batch: list[tuple[In, Future[Out]]]) -> None:
+        self._last = len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
         items = [item for item, _ in batch]

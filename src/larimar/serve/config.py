@@ -54,8 +54,9 @@ class ServeConfig:
     change stores only its log entry, and loading replays at most this many."""
     ask_batch: int = 8
     """Most concurrent asks decoded together (1: no batching)."""
-    ask_wait_ms: float = 2.0
-    """How long the first ask of a batch waits for others to join it."""
+    ask_wait_ms: float = 10.0
+    """How long the first ask of a batch waits for others to join it (only while asks come
+    concurrently; a lone client waits at most 1 ms)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.snapshot_every, int) or self.snapshot_every < 1:

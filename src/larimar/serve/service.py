@@ -104,7 +104,7 @@ class MemoryService:
     """
 
     def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
-                 snapshot_every: int = 100, ask_batch: int = 8, ask_wait_ms: float = 2.0,
+                 snapshot_every: int = 100, ask_batch: int = 8, ask_wait_ms: float = 10.0,
                  ask_many: AskMany | None = None) -> None:
         from .batching import Batcher, larimar_ask_many
 
