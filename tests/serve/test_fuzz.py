@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import schemathesis
-from schemathesis import GenerationMode
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from larimar.serve import Limits
 from tests.serve.conftest import AppFactory, MemoryHandle
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install -e '.[test]')")
+GenerationMode = schemathesis.GenerationMode
 
 ADMIN = "admin-key-for-the-fuzz-test-0123456789"
 EXAMPLES = 30

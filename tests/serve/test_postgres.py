@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -19,6 +18,8 @@ from larimar.serve.service import MemoryService
 from tests.serve.conftest import AppFactory, MemoryHandle
 from tests.serve.server_process import ServerProcess
 from tests.serve.test_log import FACTS, assert_same_memory
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]>=3.1,<4')")
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
