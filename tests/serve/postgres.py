@@ -54,7 +54,7 @@ class PostgresServer:
 
     def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        return subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+        return subprocess.run([*prefix, *command], check=False, capture_output=True, text=True, timeout=120)
 
     def start(self) -> None:
         if self.as_postgres:

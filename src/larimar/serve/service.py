@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..editing import Answer, Fact, Larimar, Memory
 from . import auth
@@ -84,7 +83,7 @@ def _row(fact: Fact) -> FactRow:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def control_characters(text: str) -> list[str]:
@@ -407,7 +406,7 @@ class MemoryService:
                 now = self._memories.get(memory_id)
                 if now is not None:
                     self._memories[memory_id] = Cached(now.memory, now.seq, tuple(s for s in now.tail if s > cached.seq))
-        except Exception:  # noqa: BLE001  (a failed snapshot loses nothing: the log still holds every change)
+        except Exception:  # a failed snapshot loses nothing: the log still holds every change
             logger.exception("memory %s: snapshot failed; the log keeps every change, it will be retried", memory_id)
         finally:
             with self._guard:

@@ -111,7 +111,7 @@ CREATE INDEX IF NOT EXISTS log_memory ON log (memory_id, seq);
 """
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):(?P<rest>.*)$", re.S)
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):(?P<rest>.*)$", re.DOTALL)
 HEAD = ("SELECT h.head_seq FROM heads h JOIN memories m ON m.id = h.memory_id "
         "WHERE h.memory_id = ? AND m.deleted IS NULL")
 _SCHEMA_LOCK = 0x4C41524D  # advisory lock id: replicas starting together create the tables once
@@ -257,7 +257,7 @@ class Store:
         for db in connections:
             try:
                 db.close()
-            except Exception:  # noqa: BLE001  (closing what another thread may still hold)
+            except Exception:  # closing what another thread may still hold
                 logger.debug("closing a connection failed", exc_info=True)
         self._local = threading.local()
 
