@@ -67,8 +67,7 @@ def create_app(config: ServeConfig, lm: Larimar | None = None) -> FastAPI:
     app.state.service = service
     metrics = Metrics(service.store.count)
     app.state.metrics = metrics
-    if service._asks is not None:
-        service._asks.on_batch = metrics.ask_batch.observe
+    service.observe_batches(metrics.ask_batch.observe)
     limits = config.limits
     app.add_middleware(BodyLimit, limit=lambda path: limits.max_import_bytes if path == IMPORT_PATH
                        else limits.max_request_bytes)

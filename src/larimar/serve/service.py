@@ -120,6 +120,11 @@ class MemoryService:
         self.ask_many = ask_many or larimar_ask_many(lm)
         self._asks = Batcher(self.ask_many, max_batch=ask_batch, wait_s=ask_wait_ms / 1000) if ask_batch > 1 else None
 
+    def observe_batches(self, observer: Callable[[int], None]) -> None:
+        """Call `observer` with the size of each batch of asks decoded together (metrics)."""
+        if self._asks is not None:
+            self._asks.on_batch = observer
+
     def close(self) -> None:
         """Finish pending snapshots, stop the ask batcher and close the database connections."""
         self._snapshots.shutdown(wait=True)
