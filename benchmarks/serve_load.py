@@ -1,14 +1,25 @@
-"""Load on the memory service over loopback: latency (p50/p99) and throughput of ask and write.
+"""Load on the memory service over loopback: durable writes against in-process writes, and asks.
 
-    python benchmarks/serve_load.py [--model PATH] [--clients 1 8 32] [--requests-per-client 4]
+    python benchmarks/serve_load.py [--model PATH] [--db URL] [--batches 1 32] [--sizes 8 512]
+                                    [--writes 12] [--clients 1 8] [--requests-per-client 4]
                                     [--max-seconds 90] [--out benchmarks/results/serve_load.json]
 
-Starts `larimar serve` on 127.0.0.1 (a free port, a temporary database) unless `--url` names a
-loopback server already running. It creates one memory holding `--facts` facts; then for each
-client count N, N threads each send `--requests-per-client` requests (a write of one new fact,
-or an in-scope ask generating `--new-tokens` tokens), every one over a kept-alive connection.
-The load is bounded twice: by that count and by `--max-seconds` per cell, after which clients
-stop sending. Prints a markdown table and writes JSON.
+Starts `larimar serve` on 127.0.0.1 (a free port, a temporary SQLite database, or `--db`, e.g. a
+postgresql:// URL) unless `--url` names a loopback server already running.
+
+Writes, in one run and on one machine: for each memory size in `--sizes` (facts already in the
+memory) and each batch size in `--batches`, one client sends `--writes` writes of that many new
+facts, each acknowledged only once durable; the same writes are done in this process on a
+`Memory` of the same size without any storage (the model loaded here too). The ratio durable /
+in-process (facts per second, from the median write time of each; the two alternate write by
+write so both see the same machine load; the in-process ones run in a worker thread, as the
+server's do: on a loaded 2-core machine torch ops called from the main thread were measured up to
+18x slower) is what storage and HTTP cost; the encoder is the floor of both.
+
+Asks: for each client count N in `--clients`, N threads each send `--requests-per-client`
+in-scope asks generating `--new-tokens` tokens, over kept-alive connections; the ratio is the
+throughput against one client. Every cell is bounded by `--max-seconds`. Prints markdown tables
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -92,22 +104,70 @@ def run_cell(url: str, headers: dict[str, str], op: str, send: Request, clients:
                 round(len(latencies) / wall, 2), round(wall, 2))
 
 
-def requests(new_tokens: int, tag: str) -> dict[str, Request]:
-    """The two measured requests: write one new fact; ask an in-scope prompt."""
-    def write(http: httpx.Client, n: int) -> httpx.Response:
-        return http.post("/facts", json={"facts": [f"Load test fact {tag} number {n} is about Paris."]})
+def new_facts(tag: str, n: int, batch: int) -> list[str]:
+    return [f"Load test fact {tag} number {n} part {j} is about Paris." for j in range(batch)]
 
+
+def write_request(batch: int, tag: str) -> Request:
+    def write(http: httpx.Client, n: int) -> httpx.Response:
+        return http.post("/facts", json={"facts": new_facts(tag, n, batch)})
+
+    return write
+
+
+def ask_request(new_tokens: int) -> Request:
     def ask(http: httpx.Client, n: int) -> httpx.Response:
         prompt = FACTS[n % len(FACTS)].rsplit(" ", 1)[0]
         return http.post("/ask", json={"prompt": prompt, "max_new_tokens": new_tokens})
 
-    return {"write": write, "ask": ask}
+    return ask
+
+
+@dataclass(frozen=True)
+class WriteRatio:
+    """Durable writes over HTTP against the same writes in process, without storage."""
+
+    batch: int
+    memory_facts: int
+    writes: int
+    in_process_facts_per_s: float
+    durable_facts_per_s: float
+    ratio: float
+    durable_p50_ms: float
+
+
+def prefill(size: int) -> list[str]:
+    return [FACTS[i % len(FACTS)] if i < len(FACTS) else f"Prefilled fact number {i}." for i in range(size)]
+
+
+def in_process_memory(lm: object, size: int) -> object:
+    """A `Memory` (no storage) holding `size` facts, like the served one."""
+    memory = lm.new_memory()  # type: ignore[attr-defined]
+    facts = prefill(size)
+    for start in range(0, size, 64):
+        memory.write(facts[start : start + 64])
+    return memory
 
 
 def check_loopback(url: str) -> None:
     host = urlparse(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"--url must be a loopback address (127.0.0.1); got {host}")
+
+
+def ratio_table(ratios: list[WriteRatio]) -> str:
+    lines = ["| write batch | memory facts | writes | in process facts/s | durable facts/s | durable / in process | p50 ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.batch} | {r.memory_facts} | {r.writes} | {r.in_process_facts_per_s:.1f} | "
+              f"{r.durable_facts_per_s:.1f} | **{r.ratio:.2f}x** | {r.durable_p50_ms:.1f} |" for r in ratios]
+    return "\n".join(lines)
+
+
+def ask_ratios(cells: list[Cell]) -> dict[int, float]:
+    """Ask throughput with N clients over one client's."""
+    asks = {c.clients: c.throughput_rps for c in cells if c.op == "ask"}
+    one = asks.get(1)
+    return {n: round(rate / one, 2) for n, rate in asks.items()} if one else {}
 
 
 def table(cells: list[Cell]) -> str:
@@ -121,49 +181,102 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="saved Larimar model (default: built-in)")
     parser.add_argument("--url", default=None, help="a running loopback server instead of starting one")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--db", default=None, help="database of the started server (default: a temporary SQLite file)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="facts per write")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 512], help="facts in the memory before the writes")
+    parser.add_argument("--writes", type=int, default=12, help="writes per (batch, size) cell")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop sending after this long, per cell")
-    parser.add_argument("--facts", type=int, default=len(FACTS), help="facts in the memory before the load")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per ask")
+    parser.add_argument("--skip-asks", action="store_true", help="measure writes only")
+    parser.add_argument("--skip-writes", action="store_true", help="measure asks only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = parser.parse_args()
 
+    import larimar
+
+    lm = None if args.skip_writes else larimar.load(args.model)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         server = None
         if args.url is None:
-            server = ServerProcess(args.model, Path(tmp) / "load.db", Path(tmp) / "server.log", threads=None)
+            server = ServerProcess(args.model, args.db or Path(tmp) / "load.db", Path(tmp) / "server.log", threads=None)
             server.start(timeout=300)
         url = args.url or server.url  # type: ignore[union-attr]
         check_loopback(url)
         try:
-            cells = measure(url, args)
+            ratios = [] if args.skip_writes else measure_writes(url, lm, args)
+            cells = [] if args.skip_asks else measure_asks(url, args)
         finally:
             if server is not None:
                 server.stop()
-    print(table(cells))
+    print(ratio_table(ratios))
+    if cells:
+        print()
+        print(table(cells))
+        print("ask throughput over one client: " + ", ".join(f"{n} clients {r:.2f}x" for n, r in ask_ratios(cells).items()))
     result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-              "cells": [asdict(c) for c in cells]}
+              "writes": [asdict(r) for r in ratios], "cells": [asdict(c) for c in cells], "ask_ratios": ask_ratios(cells)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
-def measure(url: str, args: argparse.Namespace) -> list[Cell]:
-    created = httpx.post(f"{url}/memories", json={"name": "load"}, timeout=60).json()
+def new_memory(url: str, size: int) -> tuple[str, dict[str, str]]:
+    created = httpx.post(f"{url}/memories", json={"name": f"load {size}"}, timeout=60).json()
     headers = {"Authorization": f"Bearer {created['api_key']}"}
     memory_url = f"{url}/memories/{created['id']}"
-    prefill = [FACTS[i % len(FACTS)] if i < len(FACTS) else f"Prefilled fact number {i}." for i in range(args.facts)]
-    httpx.post(f"{memory_url}/facts", json={"facts": prefill}, headers=headers, timeout=120).raise_for_status()
-    send = requests(args.new_tokens, tag=str(time.time_ns()))
-    send["ask"](httpx.Client(base_url=memory_url, headers=headers, timeout=120), 0)  # warm-up
+    facts = prefill(size)
+    for start in range(0, len(facts), 64):
+        httpx.post(f"{memory_url}/facts", json={"facts": facts[start : start + 64]}, headers=headers,
+                   timeout=300).raise_for_status()
+    return memory_url, headers
+
+
+def measure_writes(url: str, lm: object, args: argparse.Namespace) -> list[WriteRatio]:
+    """Durable and in-process writes alternate, one of each in turn, so both see the same machine load;
+    rates are from the median time of each."""
+    ratios = []
+    worker = ThreadPoolExecutor(max_workers=1)  # in-process writes run in a worker thread, as the server's do
+    for size in args.sizes:
+        memory_url, headers = new_memory(url, size)
+        local = worker.submit(in_process_memory, lm, size).result()
+        for batch in args.batches:
+            tag = f"{time.time_ns()}"
+            durable_s: list[float] = []
+            local_s: list[float] = []
+            with httpx.Client(base_url=memory_url, headers=headers, timeout=300) as http:
+                write_request(batch, "warm" + tag)(http, 0).raise_for_status()
+                worker.submit(local.write, new_facts("warm" + tag, 0, batch)).result()  # type: ignore[attr-defined]
+                deadline = time.perf_counter() + args.max_seconds
+                for n in range(args.writes):
+                    start = time.perf_counter()
+                    write_request(batch, tag)(http, n).raise_for_status()
+                    durable_s.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    worker.submit(local.write, new_facts("local" + tag, n, batch)).result()  # type: ignore[attr-defined]
+                    local_s.append(time.perf_counter() - start)
+                    if time.perf_counter() > deadline:
+                        break
+            durable, in_process = batch / statistics.median(durable_s), batch / statistics.median(local_s)
+            ratio = WriteRatio(batch, size, len(durable_s), round(in_process, 2), round(durable, 2),
+                               round(durable / in_process, 3), round(1000 * statistics.median(durable_s), 1))
+            print(f"writes: {ratio}", file=sys.stderr)
+            ratios.append(ratio)
+    worker.shutdown()
+    return ratios
+
+
+def measure_asks(url: str, args: argparse.Namespace) -> list[Cell]:
+    memory_url, headers = new_memory(url, len(FACTS))
+    send = ask_request(args.new_tokens)
+    send(httpx.Client(base_url=memory_url, headers=headers, timeout=120), 0)  # warm-up
     cells = []
-    for op in ("write", "ask"):
-        for clients in args.clients:
-            cell = run_cell(memory_url, headers, op, send[op], clients, args.requests_per_client, args.max_seconds)
-            print(f"{op} x{clients}: {cell}", file=sys.stderr)
-            cells.append(cell)
+    for clients in args.clients:
+        cell = run_cell(memory_url, headers, "ask", send, clients, args.requests_per_client, args.max_seconds)
+        print(f"ask x{clients}: {cell}", file=sys.stderr)
+        cells.append(cell)
     return cells
 
 

@@ -6,7 +6,7 @@
     larimar ask QUESTION --context FILE [--fan-out F] [--keep K] [--model PATH]
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
-    larimar serve [--model PATH] [--db PATH] [--host 127.0.0.1] [--port 8000]
+    larimar serve [--model PATH] [--db PATH|postgresql://...] [--host 127.0.0.1] [--port 8000]
     larimar train --config configs/train/NAME.yaml [--max-steps N] [--max-minutes M]
     larimar corpus [--out runs/corpus]
     larimar copy-eval --model PATH [--corpus runs/corpus]
@@ -303,18 +303,23 @@ def _run_copy(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------- serve
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     _add_model(parser)
-    parser.add_argument("--db", type=Path, default=Path("larimar.db"),
-                        help="SQLite database of memories and their fact log (created if missing)")
+    parser.add_argument("--db", default="larimar.db",
+                        help="SQLite database file of memories and their fact log (created if missing), or "
+                             "postgresql://user:password@host/dbname for a database several servers share")
+    parser.add_argument("--snapshot-every", type=int, default=None,
+                        help="store a memory's whole state after this many changes (default 100); "
+                             "each change in between stores only its log entry")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
 
 
 def _run_serve(args: argparse.Namespace) -> None:
     from .serve.server import serve
+    from .serve.storage import describe
 
     print(f"larimar serve: loading the model, then serving http://{args.host}:{args.port} "
-          f"(API docs at /docs, web page at /; database {args.db})", file=sys.stderr)
-    serve(args.model, args.db, args.host, args.port)
+          f"(API docs at /docs, web page at /; database {describe(args.db)})", file=sys.stderr)
+    serve(args.model, args.db, args.host, args.port, snapshot_every=args.snapshot_every)
 
 
 # --------------------------------------------------------------------------------- eval

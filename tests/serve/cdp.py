@@ -75,6 +75,28 @@ class Browser:
             time.sleep(0.05)
         raise TimeoutError(f"still false after {timeout} s: {expression}; status: {self.js(STATUS)}")
 
+    def screenshot(self, path: Path) -> Path:
+        """A PNG of the page as it looks now."""
+        import base64
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+    def viewport(self, width: int, height: int, mobile: bool = False) -> None:
+        """Emulate a screen of this size (a phone when `mobile`)."""
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=mobile)
+
+    def press(self, key: str, modifiers: int = 0) -> None:
+        """A real key press (keydown, char, keyup) on the focused element; modifiers: 2 = Ctrl."""
+        codes = {"Enter": 13}
+        text = "\r" if key == "Enter" else key
+        for kind in ("rawKeyDown", "char", "keyUp"):
+            if kind == "char" and modifiers:
+                continue
+            self.send("Input.dispatchKeyEvent", type=kind, key=key, code=key, modifiers=modifiers,
+                      windowsVirtualKeyCode=codes.get(key, 0), **({"text": text} if kind == "char" else {}))
+
     def close(self) -> None:
         self._stack.close()
         self.process.terminate()
@@ -84,4 +106,4 @@ class Browser:
             self.process.kill()
 
 
-STATUS = "document.getElementById('status') && document.getElementById('status').textContent"
+STATUS = "[...document.querySelectorAll('.msg')].map(m => m.id + ': ' + m.textContent).join('; ')"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 import larimar
 from larimar.serve import Limits, ServeConfig, create_app
 from tests.editing.tiny_larimar import save_tiny_larimar
+from tests.serve.postgres import PostgresServer, find_postgres
 
 AppFactory = Callable[..., FastAPI]
 
@@ -28,10 +31,12 @@ def lm(model_dir: Path) -> larimar.Larimar:
 
 @pytest.fixture
 def make_app(lm: larimar.Larimar, tmp_path: Path) -> AppFactory:
-    """make_app(db=..., admin_key=..., limits=...) -> an app sharing the session's model."""
+    """make_app(db=..., admin_key=..., limits=..., **ServeConfig fields) -> an app sharing the session's model."""
 
-    def make(db: Path | None = None, admin_key: str | None = None, limits: Limits | None = None) -> FastAPI:
-        config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits())
+    def make(db: Path | str | None = None, admin_key: str | None = None, limits: Limits | None = None,
+             **settings: Any) -> FastAPI:
+        config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits(),
+                             **settings)
         return create_app(config, lm)
 
     return make
@@ -64,3 +69,25 @@ class MemoryHandle:
 @pytest.fixture
 def memory(client: TestClient) -> MemoryHandle:
     return MemoryHandle(client)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the session; skips (saying why) where PostgreSQL cannot run."""
+    bin_dir, why = find_postgres()
+    if bin_dir is None:
+        pytest.skip(why)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        server.stop()
+        pytest.skip(f"could not start PostgreSQL: {err}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()

@@ -22,10 +22,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m larimar.cli serve [--model M] --db D --port P` on 127.0.0.1 (no --model: the built-in model)."""
+    """`python -m larimar.cli serve [--model M] --db D --port P` on 127.0.0.1 (no --model: the built-in model).
 
-    def __init__(self, model: Path | None, db: Path, log: Path, threads: int | None = 1) -> None:
+    `db` is a SQLite path or a postgresql:// URL."""
+
+    def __init__(self, model: Path | None, db: Path | str, log: Path, threads: int | None = 1,
+                 snapshot_every: int | None = None) -> None:
         self.model, self.db, self.log, self.threads = model, db, log, threads
+        self.snapshot_every = snapshot_every
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -35,7 +39,8 @@ class ServerProcess:
         if self.threads is not None:  # few threads: many restarts on a shared machine stay quick
             env["OMP_NUM_THREADS"] = str(self.threads)
         model = [] if self.model is None else ["--model", str(self.model)]
-        command = [sys.executable, "-m", "larimar.cli", "serve", *model, "--db", str(self.db),
+        snapshots = [] if self.snapshot_every is None else ["--snapshot-every", str(self.snapshot_every)]
+        command = [sys.executable, "-m", "larimar.cli", "serve", *model, "--db", str(self.db), *snapshots,
                    "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -23,6 +23,6 @@ def test_admin_key_must_be_long() -> None:
 def test_serve_command_defaults_to_loopback() -> None:
     assert "serve" in COMMANDS
     args = build_parser().parse_args(["serve"])
-    assert (args.model, args.db, args.host, args.port) == (None, Path("larimar.db"), "127.0.0.1", 8000)
+    assert (args.model, args.db, args.host, args.port) == (None, "larimar.db", "127.0.0.1", 8000)
     args = build_parser().parse_args(["serve", "--model", "m", "--db", "x.db", "--port", "9000"])
-    assert (args.model, args.db, args.port) == (Path("m"), Path("x.db"), 9000)
+    assert (args.model, args.db, args.port) == (Path("m"), "x.db", 9000)

@@ -1,4 +1,4 @@
-"""Persistence: WAL mode, one transaction per change, bit-identical readouts after a restart."""
+"""Persistence: WAL mode, one transaction per change, the same readouts after a restart."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import larimar
 from larimar.editing.encoding import encode_texts
 from larimar.serve import ServeConfig, create_app
 from larimar.serve.service import MemoryService
-from larimar.serve.storage import Store
+from larimar.serve.storage import Change
 from tests.serve.conftest import AppFactory, MemoryHandle
 
 FACTS = ["Paris is the capital of France.", "The cat sat on the mat in the park.", "Berlin is the capital of Germany."]
@@ -36,8 +36,9 @@ def test_key_is_stored_hashed(client: TestClient, memory: MemoryHandle, tmp_path
     assert memory.key.split(".")[1].encode() not in (tmp_path / "memories.db").read_bytes()
 
 
-def test_restart_restores_bit_identical_readouts(make_app: AppFactory, model_dir: Path, tmp_path: Path) -> None:
-    """A new process (new model object, new app) on the same database reads exactly the same."""
+def test_restart_restores_the_same_readouts(make_app: AppFactory, model_dir: Path, tmp_path: Path) -> None:
+    """A new process (new model object, new app) on the same database replays the log to the same state
+    and gives the same answers (tensors equal to rounding: no test relies on bit equality)."""
     before = TestClient(make_app())
     memory = MemoryHandle(before)
     ids = memory.write(*FACTS)
@@ -52,32 +53,35 @@ def test_restart_restores_bit_identical_readouts(make_app: AppFactory, model_dir
     restarted = TestClient(create_app(ServeConfig(db=tmp_path / "memories.db", model=model_dir)))  # loads the model anew
     again = [restarted.post(memory.url(p), json=b, headers=memory.headers).json() for p, b in (("/ask", queries), ("/score", score))]
     # the same text; scores agree to rounding (float32 products on freshly loaded weights)
-    assert again[0] == answers[0]
-    assert {k: v for k, v in again[1].items() if k != "scores"} == {k: v for k, v in answers[1].items() if k != "scores"}
+    assert {k: v for k, v in again[0].items() if k != "similarity"} == {k: v for k, v in answers[0].items() if k != "similarity"}
+    assert again[0]["similarity"] == pytest.approx(answers[0]["similarity"], rel=1e-6)
+    assert {k: v for k, v in again[1].items() if k not in ("scores", "similarity")} == \
+        {k: v for k, v in answers[1].items() if k not in ("scores", "similarity")}
     assert again[1]["scores"] == pytest.approx(answers[1]["scores"], rel=1e-5)
     reloaded = service(restarted)._memory(memory.id)
     assert reloaded is not service(before)._memory(memory.id)
     torch.testing.assert_close(reloaded.read(z), readout, rtol=1e-10, atol=1e-12)  # computed: rounding only
-    for name in ("memory", "gram_pinv", "free"):
-        assert torch.equal(getattr(reloaded.state, name), getattr(service(before)._memory(memory.id).state, name))
+    for name in ("memory", "gram_pinv", "free"):  # replayed from the log: the same updates, equal to rounding
+        torch.testing.assert_close(getattr(reloaded.state, name), getattr(service(before)._memory(memory.id).state, name),
+                                   rtol=1e-9, atol=1e-12)
     assert [f.id for f in reloaded.facts()] == [ids[0], ids[2]]
 
 
 def test_failed_commit_changes_nothing(client: TestClient, memory: MemoryHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Facts and state go in one transaction: when storing the state fails, no fact row stays."""
+    """Facts and their log entry go in one transaction: when appending the entry fails, no fact row stays."""
     [kept] = memory.write(FACTS[0])
-    before = service(client).store.state(memory.id)
+    before = service(client).store.load(memory.id)
 
     def broken(*_: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(Store, "_set_state", staticmethod(broken))
+    monkeypatch.setattr(Change, "_append", broken)
     with pytest.raises(sqlite3.OperationalError):
         client.post(memory.url("/facts"), json={"facts": FACTS[1:]}, headers=memory.headers)
     with pytest.raises(sqlite3.OperationalError):
         client.delete(memory.url(f"/facts/{kept}"), headers=memory.headers)
     monkeypatch.undo()
-    assert service(client).store.state(memory.id) == before
+    assert service(client).store.load(memory.id) == before
     audit = client.get(memory.url("/facts?include_forgotten=true"), headers=memory.headers).json()["facts"]
     assert [(f["id"], f["forgotten"]) for f in audit] == [(kept, None)]
     assert [f.id for f in service(client)._memory(memory.id).facts()] == [kept]  # the cache kept the committed memory
@@ -98,6 +102,6 @@ def test_deleted_memory_keeps_its_audit_log(client: TestClient, memory: MemoryHa
     ids = memory.write(*FACTS[:2])
     client.delete(memory.url(), headers=memory.headers)
     store = service(client).store
-    assert store.state(memory.id) is None and store.key(memory.id) is None
+    assert store.load(memory.id) is None and store.key(memory.id) is None
     log = store.facts(memory.id, include_forgotten=True)
     assert [f.id for f in log] == ids and all(f.forgotten is not None for f in log)

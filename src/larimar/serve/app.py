@@ -7,12 +7,14 @@ OpenAPI docs are at /docs (schema at /openapi.json); a small web page is at /.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,13 +22,14 @@ from ..editing import Larimar, load
 from .config import ServeConfig
 from .errors import ServeError
 from .limits import BodyLimit
+from .observe import Metrics, Observe
 from .page import PAGE
 from .schemas import (
     AnswerOut, AskIn, CreatedOut, ErrorOut, FactOut, FactsOut, MemoriesOut, MemoryOut, NewMemory, ScoreIn,
     ScoresOut, WriteIn, WrittenOut,
 )
 from .service import MemoryService
-from .storage import Store
+from .storage import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +51,27 @@ Key = Annotated[str | None, Depends(api_key)]
 
 def create_app(config: ServeConfig, lm: Larimar | None = None) -> FastAPI:
     """The memory service app; loads the model once unless `lm` is given (tests share one)."""
+    store = open_store(config.db)  # first: a bad --db fails before the model loads
     lm = load(config.model) if lm is None else lm
-    service = MemoryService(lm, Store(config.db), config.limits, config.admin_key)
-    app = FastAPI(title="Larimar memory service", version="1", responses=ERRORS,
+    service = MemoryService(lm, store, config.limits, config.admin_key, snapshot_every=config.snapshot_every,
+                            ask_batch=config.ask_batch, ask_wait_ms=config.ask_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(service.close)
+
+    app = FastAPI(title="Larimar memory service", version="1", responses=ERRORS, lifespan=lifespan,
                   description="Teach a language model facts in persistent, per-key memories; ask; forget. "
                               "Every change is logged with its time.")
     app.state.service = service
+    metrics = Metrics(service.store.count)
+    app.state.metrics = metrics
+    service.observe_batches(metrics.ask_batch.observe)
     limits = config.limits
     app.add_middleware(BodyLimit, limit=lambda path: limits.max_import_bytes if path == IMPORT_PATH
                        else limits.max_request_bytes)
+    app.add_middleware(Observe, metrics=metrics)
     _add_error_handlers(app)
     _add_memory_routes(app, service)
     _add_fact_routes(app, service)
@@ -96,6 +111,14 @@ def _add_memory_routes(app: FastAPI, service: MemoryService) -> None:
     def health() -> dict[str, str]:
         """Liveness check."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        """Prometheus metrics: requests, latencies, memories, facts, ask batch sizes."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/memories", status_code=201, tags=["memories"])
     def create_memory(body: NewMemory, key: Key) -> CreatedOut:

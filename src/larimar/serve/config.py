@@ -37,18 +37,34 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """One memory service: a model loaded once, a SQLite database, limits and an optional admin key."""
+    """One memory service: a model loaded once, a database (SQLite or PostgreSQL), limits, an optional
+    admin key, and how often memories are snapshotted and asks batched."""
 
     db: Path | str = "larimar.db"
-    """SQLite database file (created if missing; WAL mode)."""
+    """A SQLite database file (created if missing; WAL mode), or `postgresql://user:password@host/dbname`
+    for a database that several server processes share. Other URLs are refused."""
     model: Path | str | None = None
     """Folder of a saved Larimar model; None loads the built-in model."""
     limits: Limits = field(default_factory=Limits)
     """Request limits."""
     admin_key: str | None = None
     """When set, creating, importing and listing all memories need `Authorization: Bearer <admin key>`."""
+    snapshot_every: int = 100
+    """A memory's state is stored anew (a snapshot) after this many changes; between snapshots a
+    change stores only its log entry, and loading replays at most this many."""
+    ask_batch: int = 8
+    """Most concurrent asks decoded together (1: no batching)."""
+    ask_wait_ms: float = 10.0
+    """How long the first ask of a batch waits for others to join it (only while asks come
+    concurrently; a lone client waits at most 1 ms)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.snapshot_every, int) or self.snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a positive integer; got {self.snapshot_every!r}")
+        if not isinstance(self.ask_batch, int) or self.ask_batch < 1:
+            raise ValueError(f"ask_batch must be a positive integer; got {self.ask_batch!r}")
+        if not 0 <= self.ask_wait_ms <= 1000:
+            raise ValueError(f"ask_wait_ms must be in [0, 1000]; got {self.ask_wait_ms!r}")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ValueError("admin key must have at least 16 characters; generate one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")

@@ -1,31 +1,40 @@
 """The memory service behind the HTTP routes: a thin layer over `Larimar` and `Memory`.
 
-One `Larimar` model per process. Memories live in the `Store` and, once used, in a cache.
-A change works on a copy of the cached memory, commits the copy's state and its fact-log rows in
-one transaction, and only then replaces the cached memory: readers always see a consistent,
-committed memory and never wait for writers. Changes to one memory are serialised by its lock.
+One `Larimar` model per process. Memories live in the `Store` as a snapshot plus a log of the
+changes after it (see `storage` and `replay`) and, once used, in a cache that knows the log entry
+it ends at. A change works on a copy of the cached memory, appends its log entry (the exact
+update: encoded items, or the fact forgotten) and its audit rows in one transaction, and only then
+replaces the cached memory: readers always see a consistent, committed memory and never wait for
+writers. Changes to one memory are serialised by its lock in this process and by the database
+across processes. Before each use the cache is checked against the memory's head in the
+database, so a replica sharing the database replays what others wrote. Every `snapshot_every`
+log entries a background thread stores a new snapshot and drops the log before it.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 from ..editing import Answer, Fact, Larimar, Memory
 from . import auth
 from .config import Limits
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
 from .storage import FactRow, MemoryRow, Store
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["Created", "MemoryService", "Scored", "memory_bytes", "memory_from_bytes"]
+
 DEFAULT_NEW_TOKENS = 20
 """Tokens an answer generates when the request does not say."""
+ALLOWED_CONTROLS = frozenset("\t\n")
+"""Control characters a fact or a question may hold; other C0 codes (NUL, ESC, ...) are refused."""
 
 
 @dataclass(frozen=True)
@@ -46,20 +55,27 @@ class Scored:
     similarity: float | None
 
 
-def memory_bytes(memory: Memory) -> bytes:
-    """The memory as `Memory.save` writes it."""
-    with tempfile.TemporaryDirectory(prefix="larimar-serve-") as folder:
-        path = Path(folder) / "memory.safetensors"
-        memory.save(path)
-        return path.read_bytes()
+@dataclass(frozen=True)
+class Cached:
+    """A committed memory and the log entry it ends at."""
+
+    memory: Memory
+    seq: int
+    tail: tuple[int, ...]
+    """Log entries replayed since its snapshot."""
 
 
-def memory_from_bytes(lm: Larimar, data: bytes) -> Memory:
-    """The memory serialised in `data` (a `Memory.save` file), for this model; ValueError otherwise."""
-    with tempfile.TemporaryDirectory(prefix="larimar-serve-") as folder:
-        path = Path(folder) / "memory.safetensors"
-        path.write_bytes(data)
-        return lm.load_memory(path)
+AskMany = Callable[[Sequence["AskRequest"]], list[Answer]]
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    """One ask, as the batcher passes it on."""
+
+    prompt: str
+    memory: Memory
+    max_new_tokens: int
+    scope_threshold: float | None
 
 
 def _row(fact: Fact) -> FactRow:
@@ -67,18 +83,54 @@ def _row(fact: Fact) -> FactRow:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
+
+
+def control_characters(text: str) -> list[str]:
+    """The C0 control characters in `text` other than tab and newline, as U+XXXX codes."""
+    return sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 0x20 and c not in ALLOWED_CONTROLS})
 
 
 class MemoryService:
-    """Memories of one model, persisted in one store, guarded by per-memory API keys."""
+    """Memories of one model, persisted in one store, guarded by per-memory API keys.
 
-    def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None) -> None:
+    Args:
+        snapshot_every: store a new snapshot (and drop the log before it) once a memory has this
+            many log entries after its snapshot; loading replays at most about this many.
+        ask_batch: most asks decoded together (1: each ask decodes alone).
+        ask_wait_ms: how long the first ask of a batch waits for others to join it.
+        ask_many: answers a batch of asks (default `batching.larimar_ask_many(lm)`).
+    """
+
+    def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
+                 snapshot_every: int = 100, ask_batch: int = 8, ask_wait_ms: float = 10.0,
+                 ask_many: AskMany | None = None) -> None:
+        from .batching import Batcher, larimar_ask_many
+
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a positive number of log entries; got {snapshot_every}")
         self.lm, self.store, self.limits, self.admin_key = lm, store, limits, admin_key
-        self._memories: dict[str, Memory] = {}
+        self.snapshot_every = snapshot_every
+        self._memories: dict[str, Cached] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
         self._verified = auth.VerifiedKeys()
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="larimar-snapshot")
+        self._snapshotting: set[str] = set()
+        self.ask_many = ask_many or larimar_ask_many(lm)
+        self._asks = Batcher(self.ask_many, max_batch=ask_batch, wait_s=ask_wait_ms / 1000) if ask_batch > 1 else None
+
+    def observe_batches(self, observer: Callable[[int], None]) -> None:
+        """Call `observer` with the size of each batch of asks decoded together (metrics)."""
+        if self._asks is not None:
+            self._asks.on_batch = observer
+
+    def close(self) -> None:
+        """Finish pending snapshots, stop the ask batcher and close the database connections."""
+        self._snapshots.shutdown(wait=True)
+        if self._asks is not None:
+            self._asks.close()
+        self.store.close()
 
     # ----------------------------------------------------------------------------- auth
     def authenticate(self, key: str | None, memory_id: str) -> None:
@@ -137,7 +189,7 @@ class MemoryService:
         created = _now()
         self.store.create_memory(memory_id, name, created, auth.hash_key(key), memory_bytes(memory),
                                  [_row(f) for f in memory.facts()])
-        self._cache(memory_id, memory)
+        self._cache(memory_id, Cached(memory, 0, ()))
         logger.info("created memory %s (%s) with %d facts", memory_id, name, len(memory))
         return Created(MemoryRow(memory_id, name, created, len(memory)), key)
 
@@ -152,9 +204,9 @@ class MemoryService:
         return rows[0]
 
     def delete(self, memory_id: str) -> None:
-        """Delete a memory: its state and key go; its facts stay in the audit log, forgotten now."""
+        """Delete a memory: its state, log and key go; its facts stay in the audit log, forgotten now."""
         with self._lock(memory_id):
-            self._memory(memory_id)
+            self._current(memory_id)
             self.store.delete_memory(memory_id, _now())
             self._cache(memory_id, None)
             self._verified.drop_memory(memory_id)
@@ -162,41 +214,61 @@ class MemoryService:
 
     def export(self, memory_id: str) -> bytes:
         """The memory file (safetensors, as `Memory.save` writes it)."""
-        state = self.store.state(memory_id)
-        if state is None:
-            raise NotFound(f"no memory {memory_id}")
-        return state
+        return memory_bytes(self._current(memory_id).memory)
 
     # ----------------------------------------------------------------------------- facts
     def write(self, memory_id: str, facts: Sequence[str], paraphrases: Sequence[Sequence[str]] | None) -> list[FactRow]:
         """Write a batch of facts; returns their log entries (with ids) once they are durable."""
         self._check_batch(facts, paraphrases)
         with self._lock(memory_id):
-            memory = self._copy(self._memory(memory_id))
+            cached = self._current(memory_id)
+            memory = copy(cached.memory)
             try:
                 ids = memory.write(list(facts), None if paraphrases is None else [list(p) for p in paraphrases])
             except ValueError as err:
                 raise Invalid(str(err)) from err
+            entry = encode_write(cached.memory, memory, ids)
             written = {f.id: f for f in memory.facts()}
             rows = [_row(written[i]) for i in ids]
-            self.store.add_facts(memory_id, rows, memory_bytes(memory))
-            self._cache(memory_id, memory)
+            try:
+                with self.store.change(memory_id) as change:
+                    if change.head != cached.seq:  # another server changed it: write on top of its changes
+                        cached = self._rebuild(memory_id, cached, change.load(cached.seq))
+                        memory = apply_write(cached.memory, entry)
+                    seq = change.write(entry, rows)
+            except LookupError as err:
+                self._cache(memory_id, None)
+                raise NotFound(f"no memory {memory_id}") from err
+            self._cache(memory_id, Cached(memory, seq, (*cached.tail, seq)))
+        self._maybe_snapshot(memory_id)
         logger.debug("memory %s: wrote %d facts", memory_id, len(rows))
         return rows
 
     def forget(self, memory_id: str, fact_id: str) -> FactRow:
         """Forget a fact; its log entry stays, with the time it was forgotten."""
         with self._lock(memory_id):
-            memory = self._copy(self._memory(memory_id))
+            cached = self._current(memory_id)
             logged = self.store.fact(memory_id, fact_id)
             if logged is None:
                 raise NotFound(f"no fact {fact_id} in memory {memory_id}")
             if logged.forgotten is not None:
                 raise Conflict(f"fact {fact_id} was already forgotten at {logged.forgotten.isoformat()}")
-            memory.forget(fact_id)
             when = _now()
-            self.store.forget_fact(memory_id, fact_id, when, memory_bytes(memory))
-            self._cache(memory_id, memory)
+            try:
+                with self.store.change(memory_id) as change:
+                    if change.head != cached.seq:
+                        cached = self._rebuild(memory_id, cached, change.load(cached.seq))
+                    memory = copy(cached.memory)
+                    try:
+                        memory.forget(fact_id)
+                    except KeyError as err:  # another server forgot it in the meantime
+                        raise Conflict(f"fact {fact_id} was already forgotten") from err
+                    seq = change.forget(fact_id, when)
+            except LookupError as err:
+                self._cache(memory_id, None)
+                raise NotFound(f"no memory {memory_id}") from err
+            self._cache(memory_id, Cached(memory, seq, (*cached.tail, seq)))
+        self._maybe_snapshot(memory_id)
         return FactRow(logged.id, logged.text, logged.created, when, logged.paraphrases)
 
     def facts(self, memory_id: str, include_forgotten: bool = False) -> list[FactRow]:
@@ -217,15 +289,21 @@ class MemoryService:
 
     # ----------------------------------------------------------------------------- queries
     def ask(self, memory_id: str, prompt: str, max_new_tokens: int | None, scope_threshold: float | None) -> Answer:
-        """Generate an answer, conditioned on the memory when the prompt is in scope."""
+        """Generate an answer, conditioned on the memory when the prompt is in scope.
+
+        Concurrent asks (of any memories) are decoded together in batches (see `batching`).
+        """
         self._check_prompt(prompt)
         if max_new_tokens is None:
             max_new_tokens = min(DEFAULT_NEW_TOKENS, self.limits.max_new_tokens)
         if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
             raise Invalid(f"max_new_tokens must be in [1, {self.limits.max_new_tokens}]; got {max_new_tokens}")
-        memory = self._memory(memory_id)
+        request = AskRequest(prompt, self._current(memory_id).memory, max_new_tokens, scope_threshold)
         try:
-            return self.lm.ask(prompt, memory, max_new_tokens=max_new_tokens, scope_threshold=scope_threshold)
+            if self._asks is None:
+                [answer] = self.ask_many([request])
+                return answer
+            return self._asks.submit(request)
         except ValueError as err:
             raise Invalid(str(err)) from err
 
@@ -233,7 +311,7 @@ class MemoryService:
         """Mean token NLL of each candidate continuation (lower is likelier)."""
         self._check_prompt(prompt)
         self._check_candidates(candidates)
-        memory = self._memory(memory_id)
+        memory = self._current(memory_id).memory
         try:
             decision = self.lm.scope(prompt, memory, scope_threshold)
             scores = self.lm.score(prompt, list(candidates), memory, scope_threshold)
@@ -241,43 +319,107 @@ class MemoryService:
             raise Invalid(str(err)) from err
         return Scored(scores, decision.in_scope, decision.fact_id, decision.similarity)
 
-    # ----------------------------------------------------------------------------- internals
+    # ----------------------------------------------------------------------------- state
+    def flush(self) -> None:
+        """Wait until the snapshots scheduled so far are stored."""
+        self._snapshots.submit(lambda: None).result()
+
     def _lock(self, memory_id: str) -> threading.RLock:
         with self._guard:
             return self._locks.setdefault(memory_id, threading.RLock())
 
     def _memory(self, memory_id: str) -> Memory:
-        """The committed memory (cached after its first use)."""
-        memory = self._memories.get(memory_id)
-        if memory is not None:
-            return memory
+        """The committed memory, up to date with the database."""
+        return self._current(memory_id).memory
+
+    def _current(self, memory_id: str) -> Cached:
+        """The cached memory, first brought up to the memory's head in the database (NotFound if gone)."""
+        head = self.store.head(memory_id)
+        if head is None:
+            self._cache(memory_id, None)
+            raise NotFound(f"no memory {memory_id}")
+        cached = self._memories.get(memory_id)
+        if cached is not None and cached.seq >= head:
+            return cached
         with self._lock(memory_id):  # a load never interleaves with a change or a delete
-            memory = self._memories.get(memory_id)
-            if memory is not None:
-                return memory
-            state = self.store.state(memory_id)
-            if state is None:
+            cached = self._memories.get(memory_id)
+            if cached is not None and cached.seq >= head:
+                return cached
+            loaded = self.store.load(memory_id, None if cached is None else cached.seq)
+            if loaded is None:
+                self._cache(memory_id, None)
                 raise NotFound(f"no memory {memory_id}")
+            fresh = self._rebuild(memory_id, cached, loaded)
+            self._cache(memory_id, fresh)
+        self._maybe_snapshot(memory_id)
+        return fresh
+
+    def _rebuild(self, memory_id: str, cached: Cached | None, loaded: object) -> Cached:
+        """The memory at `loaded.head_seq`: its snapshot (or `cached`) with the log entries replayed."""
+        from .storage import Loaded
+
+        assert isinstance(loaded, Loaded)
+        if loaded.snapshot is not None:
             try:
-                memory = memory_from_bytes(self.lm, state)
+                base = Cached(memory_from_bytes(self.lm, loaded.snapshot), loaded.snapshot_seq, ())
             except ValueError as err:
                 raise Conflict(f"memory {memory_id} cannot be used with this model: {err}") from err
-            self._cache(memory_id, memory)
-            return memory
+        else:
+            assert cached is not None
+            base = cached
+        try:
+            memory = replay(base.memory, loaded.entries)
+        except (KeyError, ValueError) as err:
+            raise Conflict(f"memory {memory_id}: its log cannot be replayed ({err}); nothing was changed, "
+                           "export it with the server version that wrote it") from err
+        seq = loaded.entries[-1].seq if loaded.entries else max(base.seq, loaded.snapshot_seq)
+        if loaded.entries:
+            logger.debug("memory %s: replayed %d log entries up to %d", memory_id, len(loaded.entries), seq)
+        return Cached(memory, seq, (*base.tail, *(e.seq for e in loaded.entries)))
 
-    def _cache(self, memory_id: str, memory: Memory | None) -> None:
+    def _cache(self, memory_id: str, cached: Cached | None) -> None:
         with self._guard:
-            if memory is None:
+            if cached is None:
                 self._memories.pop(memory_id, None)
             else:
-                self._memories[memory_id] = memory
+                self._memories[memory_id] = cached
 
-    @staticmethod
-    def _copy(memory: Memory) -> Memory:
-        """A memory equal to `memory` that can change without touching it (tensors are never mutated)."""
-        return Memory(memory.model, memory.state, memory.items, memory.facts())
+    def _maybe_snapshot(self, memory_id: str) -> None:
+        """Schedule a snapshot once the memory has `snapshot_every` log entries after its last one."""
+        cached = self._memories.get(memory_id)
+        if cached is None or len(cached.tail) < self.snapshot_every:
+            return
+        with self._guard:
+            if memory_id in self._snapshotting:
+                return
+            self._snapshotting.add(memory_id)
+        try:
+            self._snapshots.submit(self._snapshot, memory_id)
+        except RuntimeError:  # shutting down: the log keeps everything, the next start replays it
+            with self._guard:
+                self._snapshotting.discard(memory_id)
 
+    def _snapshot(self, memory_id: str) -> None:
+        try:
+            cached = self._memories.get(memory_id)
+            if cached is None or not cached.tail:
+                return
+            if self.store.save_snapshot(memory_id, cached.seq, memory_bytes(cached.memory)):
+                logger.info("memory %s: snapshot after log entry %d (%d entries folded in)",
+                            memory_id, cached.seq, len(cached.tail))
+            with self._guard:
+                now = self._memories.get(memory_id)
+                if now is not None:
+                    self._memories[memory_id] = Cached(now.memory, now.seq, tuple(s for s in now.tail if s > cached.seq))
+        except Exception:  # a failed snapshot loses nothing: the log still holds every change
+            logger.exception("memory %s: snapshot failed; the log keeps every change, it will be retried", memory_id)
+        finally:
+            with self._guard:
+                self._snapshotting.discard(memory_id)
+
+    # ----------------------------------------------------------------------------- checks
     def _check_name(self, name: str) -> str:
+        self._check_controls("name", name)
         name = name.strip()
         if len(name) > self.limits.max_name_chars:
             raise Invalid(f"name has {len(name)} characters; at most {self.limits.max_name_chars} are allowed")
@@ -292,26 +434,38 @@ class MemoryService:
                           "split them into several writes")
         if paraphrases is not None and len(paraphrases) != len(facts):
             raise Invalid(f"paraphrases must have one list per fact ({len(facts)}); got {len(paraphrases)}")
-        self._check_lengths("facts", facts, limits.max_fact_chars)
+        self._check_texts("facts", facts, limits.max_fact_chars)
         for i, group in enumerate(paraphrases or []):
             if len(group) > limits.max_paraphrases:
                 raise Invalid(f"paraphrases[{i}] has {len(group)} entries; at most {limits.max_paraphrases} are allowed")
-            self._check_lengths(f"paraphrases[{i}]", group, limits.max_fact_chars)
+            self._check_texts(f"paraphrases[{i}]", group, limits.max_fact_chars)
 
-    @staticmethod
-    def _check_lengths(name: str, texts: Sequence[str], limit: int) -> None:
+    @classmethod
+    def _check_texts(cls, name: str, texts: Sequence[str], limit: int, empty_ok: bool = False) -> None:
         for i, text in enumerate(texts):
             if len(text) > limit:
                 raise Invalid(f"{name}[{i}] has {len(text)} characters; at most {limit} are allowed")
+            cls._check_controls(f"{name}[{i}]", text)
+            if not empty_ok and not text.strip():
+                raise Invalid(f"{name}[{i}] is empty; send a non-empty sentence")
+
+    @staticmethod
+    def _check_controls(name: str, text: str) -> None:
+        found = control_characters(text)
+        if found:
+            raise Invalid(f"{name} holds control characters ({', '.join(found)}); only tab and newline are "
+                          "allowed: remove them (a NUL byte often means a binary file was pasted)")
 
     def _check_prompt(self, prompt: str) -> None:
         if len(prompt) > self.limits.max_prompt_chars:
             raise Invalid(f"prompt has {len(prompt)} characters; at most {self.limits.max_prompt_chars} are allowed")
+        self._check_controls("prompt", prompt)
+        if not prompt.strip():
+            raise Invalid("prompt is empty; send a question or the start of a sentence")
 
     def _check_candidates(self, candidates: Sequence[str]) -> None:
         if not candidates:
             raise Invalid("candidates is empty; send the continuations to score, e.g. [\"Paris\", \"Rome\"]")
         if len(candidates) > self.limits.max_candidates:
             raise Invalid(f"{len(candidates)} candidates; at most {self.limits.max_candidates} are allowed")
-        self._check_lengths("candidates", candidates, self.limits.max_prompt_chars)
-
+        self._check_texts("candidates", candidates, self.limits.max_prompt_chars, empty_ok=True)
