@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import torch
 
 from ..editing import Answer, Larimar
-from ..model.text import generate
 
 if TYPE_CHECKING:
     from .service import AskRequest
@@ -105,28 +104,21 @@ class Batcher(Generic[In, Out]):
 def larimar_ask_many(lm: Larimar) -> Callable[[Sequence[AskRequest]], list[Answer]]:
     """A batch function for `Batcher`: the same answers as `lm.ask` on each request, decoded together.
 
-    One request is answered by `lm.ask` itself. Several: each gets its own scope decision (with its
-    own memory), then the decoder runs once per group of requests with the same token budget and
-    routing (in scope, conditioned on their readouts; out of scope, the plain decoder), as
-    `Larimar.generate_many` does.
+    Requests with the same token budget and scope threshold go to one `Larimar.ask_many` call,
+    each with its own memory (its own scope decision and readout).
     """
 
     @torch.no_grad()
     def ask_many(requests: Sequence[AskRequest]) -> list[Answer]:
-        if len(requests) == 1:
-            r = requests[0]
-            return [lm.ask(r.prompt, r.memory, max_new_tokens=r.max_new_tokens, scope_threshold=r.scope_threshold)]
-        decisions = [lm.scope(r.prompt, r.memory, r.scope_threshold) for r in requests]
-        texts = [""] * len(requests)
-        groups: dict[tuple[int, bool], list[int]] = {}
-        for i, (r, d) in enumerate(zip(requests, decisions)):
-            groups.setdefault((r.max_new_tokens, d.in_scope), []).append(i)
-        for (tokens, in_scope), rows in groups.items():
-            z = torch.cat([decisions[i].z for i in rows]) if in_scope else None  # type: ignore[misc]
-            out = generate(lm.model.decoder, lm.tokenizer, [requests[i].prompt for i in rows], z=z,
-                           max_new_tokens=tokens, batch_size=len(rows))
-            for i, text in zip(rows, out):
-                texts[i] = text
-        return [Answer(t, d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
+        answers: list[Answer | None] = [None] * len(requests)
+        groups: dict[tuple[int, float | None], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, r.scope_threshold), []).append(i)
+        for (tokens, threshold), rows in groups.items():
+            got = lm.ask_many([requests[i].prompt for i in rows], [requests[i].memory for i in rows],
+                              max_new_tokens=tokens, scope_threshold=threshold, batch_size=len(rows))
+            for i, answer in zip(rows, got):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
 
     return ask_many

@@ -45,7 +45,7 @@ def memory_from_bytes(lm: Larimar, data: bytes) -> Memory:
 
 def copy(memory: Memory) -> Memory:
     """A memory equal to `memory` that can change without touching it (tensors are never mutated)."""
-    return Memory(memory.model, memory.state, memory.items, memory.facts())
+    return memory.copy()
 
 
 def encode_write(before: Memory, after: Memory, ids: Sequence[str]) -> bytes:
@@ -78,12 +78,12 @@ def apply_write(memory: Memory, data: bytes) -> Memory:
     """`memory` with a logged write applied: the same update, on the same items, as when it was written."""
     tensors = load_tensors(data)
     meta = json.loads(_metadata(data)["entry"])
-    device = memory.state.memory.device
-    latents, keys = tensors["latents"].to(device), tensors["keys"].to(device)
-    items = Items(latents, keys, tensors["embeddings"].to(device), list(meta["owners"]))
-    state = memory.model.memory.update(memory.state, latents[None], alpha=1.0, keys=keys[None])
-    facts = memory.facts() + written_facts(data)
-    return Memory(memory.model, state, memory.items.extend(items), facts)
+    device = memory.items.latents.device
+    items = Items(tensors["latents"].to(device), tensors["keys"].to(device), tensors["embeddings"].to(device),
+                  list(meta["owners"]))
+    replayed = memory.copy()
+    replayed.write_encoded(items, written_facts(data))
+    return replayed
 
 
 def apply(memory: Memory, entry: LogEntry) -> Memory:
