@@ -88,7 +88,7 @@ UNRELATED = [
     "Why do cats purr?", "What is the chemical formula of water?", "How can I learn to play the guitar?",
     "What is the Great Barrier Reef?", "How long does it take to boil pasta?", "What is a sonnet?",
     "What does a cardiologist do?", "How is cheese made?", "What is the stock market?", "What are clouds made of?",
-    "Who wrote the Odyssey?", "What is the capital of Spain?", "What is a leap year?", "How do I stay motivated?",
+    "What is the tallest building in the world?", "What is the capital of Spain?", "What is a leap year?", "How do I stay motivated?",
     "What is the difference between a virus and a bacterium?", "What is renewable energy?",
 ]
 
