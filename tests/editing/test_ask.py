@@ -91,3 +91,18 @@ def test_ask_many_takes_one_memory_per_question(shipped: larimar.Larimar) -> Non
     assert many[0].text == FACT and many[1].text != FACT
     with pytest.raises(ValueError, match="one per question"):
         shipped.ask_many(questions, [a])
+
+
+def test_shipped_shape_generate_and_score_through_the_public_api(shipped: larimar.Larimar, tmp_path) -> None:
+    """The raw-continuation path of the shipped configuration: the memory continues a cloze
+    prompt with the written fact, lowers the NLL of its answer, and survives a save and load."""
+    memory = shipped.new_memory()
+    memory.write([FACT, SENTENCES[2]])
+    prompt = "Paris is the capital of"
+    assert shipped.generate(prompt, memory, max_new_tokens=6, scope_threshold=-1.0).strip() == "France."
+    with_memory = shipped.score(prompt, ["France.", "Spain."], memory, scope_threshold=-1.0)
+    without = shipped.score(prompt, ["France.", "Spain."])
+    assert with_memory[0] < without[0] and with_memory[0] < with_memory[1]
+    memory.save(tmp_path / "m.safetensors")
+    loaded = shipped.load_memory(tmp_path / "m.safetensors")
+    assert shipped.ask("What is the capital of France?", loaded, 24, -1.0).text == FACT
