@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 import larimar
 from larimar.serve.batching import Batcher, larimar_ask_many
-from larimar.serve.service import AskRequest
+from larimar.serve.batching import AskRequest
 from tests.serve.conftest import AppFactory, MemoryHandle
 
 FACTS = ["Paris is the capital of France.", "The cat sat on the mat in the park.", "Berlin is the capital of Germany."]

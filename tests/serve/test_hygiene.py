@@ -8,7 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from larimar.cli import main
-from larimar.serve.storage import DatabaseError, PostgresStore, SqliteStore, open_store
+from larimar.serve.postgres import PostgresStore, open_store
+from larimar.serve.storage import DatabaseError, SqliteStore
 from tests.serve.conftest import MemoryHandle
 from tests.serve.test_app import error
 

@@ -29,7 +29,7 @@ from .schemas import (
     ScoresOut, WriteIn, WrittenOut,
 )
 from .service import MemoryService
-from .storage import open_store
+from .postgres import open_store
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 
-from ..editing import Answer, Larimar
-
-if TYPE_CHECKING:
-    from .service import AskRequest
+from ..editing import Answer, Larimar, Memory
 
 logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class AskRequest:
+    """One ask, as the batcher passes it on."""
+
+    prompt: str
+    memory: Memory
+    max_new_tokens: int
+    scope_threshold: float | None
+
 
 In = TypeVar("In")
 Out = TypeVar("Out")

@@ -25,6 +25,7 @@ from . import auth
 from .config import Limits
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
+from .batching import AskRequest, Batcher, larimar_ask_many
 from .storage import FactRow, MemoryRow, Store
 
 logger = logging.getLogger(__name__)
@@ -65,17 +66,7 @@ class Cached:
     """Log entries replayed since its snapshot."""
 
 
-AskMany = Callable[[Sequence["AskRequest"]], list[Answer]]
-
-
-@dataclass(frozen=True)
-class AskRequest:
-    """One ask, as the batcher passes it on."""
-
-    prompt: str
-    memory: Memory
-    max_new_tokens: int
-    scope_threshold: float | None
+AskMany = Callable[[Sequence[AskRequest]], list[Answer]]
 
 
 def _row(fact: Fact) -> FactRow:
@@ -105,8 +96,6 @@ class MemoryService:
     def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
                  snapshot_every: int = 100, ask_batch: int = 8, ask_wait_ms: float = 10.0,
                  ask_many: AskMany | None = None) -> None:
-        from .batching import Batcher, larimar_ask_many
-
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive number of log entries; got {snapshot_every}")
         self.lm, self.store, self.limits, self.admin_key = lm, store, limits, admin_key
