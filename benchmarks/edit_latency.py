@@ -3,7 +3,8 @@ with few and with many facts in memory.
 
     python benchmarks/edit_latency.py [--model PATH] [--sizes 16,10000] [--repeats 20]
 
-For each memory size N (facts already written): per edit, writing one fact (encode + the RLS
+For each memory size N (facts already written; past the first, filler items written through
+`Memory.write_encoded`, see `fill`): per edit, writing one fact (encode + the RLS
 update of the newest episode) and forgetting it, against one encoder forward pass of the fact;
 per query, the scope decision, scoring one candidate and greedy generation in scope, against
 the plain decoder (z=None) on the same prompt. Ratios are taken within one run: query time at
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import statistics
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import larimar
+from larimar.editing.items import Fact, Items
 from larimar.model.text import continuation_nll, generate
 
 QUERY_FACT = "The mother tongue of Danielle Darrieux is English."
@@ -34,17 +36,18 @@ EDIT_FACT = "The Colosseum is located in Berlin."
 IN_SCOPE = "The mother tongue of Danielle Darrieux is"
 QUESTION = "What is the mother tongue of Danielle Darrieux?"
 CANDIDATE = "English"
-NAMES = ["Alder", "Birch", "Cedar", "Dover", "Elm", "Fenwick", "Garnet", "Hollis", "Ivy", "Juniper", "Kestrel",
-         "Linden", "Marlow", "Nettle", "Orrin", "Pike", "Quarry", "Rowan", "Sable", "Thorne"]
-THINGS = ["workshop", "bakery", "clinic", "library", "garage", "studio", "warehouse", "gallery", "kiosk", "depot"]
-CITIES = ["Graz", "Porto", "Lyon", "Tampere", "Bergen", "Utrecht", "Ghent", "Aarhus", "Brno", "Riga"]
-
-
-def filler_facts(n: int, seed: int = 0) -> list[str]:
-    """n distinct invented facts, e.g. 'The Kestrel Rowan bakery no. 17 is in Porto.'"""
-    rng = random.Random(seed)
-    return [f"The {rng.choice(NAMES)} {rng.choice(NAMES)} {rng.choice(THINGS)} no. {i} is in {rng.choice(CITIES)}."
-            for i in range(n)]
+def fill(memory: larimar.Memory, n: int, seed: int) -> None:
+    """Write n filler items through `Memory.write_encoded`: random latents and unit scope keys
+    (the costs measured do not depend on the values; encoding 10,000 real facts would take
+    minutes on this CPU), with the same episodes and RLS updates as real writes."""
+    gen = torch.Generator().manual_seed(seed)
+    c, (s, h) = memory.items.latents.shape[1], memory.items.embeddings.shape[1:]
+    z = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    keys = memory.model.memory.address(z[None])[0]
+    scope = torch.nn.functional.normalize(torch.randn(n, s, h, generator=gen, dtype=torch.float64), dim=-1)
+    ids = [f"filler-{seed + i}" for i in range(n)]
+    now = datetime.now(timezone.utc)
+    memory.write_encoded(Items(z, keys, scope, ids), [Fact(i, f"filler fact {i}", now) for i in ids])
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -118,13 +121,12 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     lm = larimar.load(args.model)
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    filler = filler_facts(max(sizes))
     memory, written, rows = lm.new_memory(), 0, {}
     memory.write([QUERY_FACT])
     for n in sizes:
         start = time.perf_counter()
-        for i in range(written, n - 1, 256):
-            memory.write(filler[i : min(i + 256, n - 1)])
+        for i in range(written, n - 1, 1000):
+            fill(memory, min(1000, n - 1 - i), seed=i)
         written = max(written, n - 1)
         print(f"{len(memory)} facts in {memory.episodes} episodes (filled in {time.perf_counter() - start:.0f} s)",
               flush=True)

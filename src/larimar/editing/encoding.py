@@ -75,8 +75,11 @@ def head_mask(encoder: SentenceEncoder, texts: Sequence[str], width: int) -> Ten
 
 
 def scope_similarities(keys: Tensor, views: Tensor) -> Tensor:
-    """(V, N): for each query view (V, H), the best cosine to each item over its keys (N, S, H)."""
-    return torch.einsum("nsh,vh->vns", keys, views.to(keys)).amax(-1)
+    """(V, N): for each query view (V, H), the best cosine to each item over its keys (N, S, H).
+
+    One (N * S, H) x (H, V) product on the keys as stored (no permuted copy of them)."""
+    n, s, h = keys.shape
+    return (keys.reshape(n * s, h) @ views.to(keys).T).reshape(n, s, -1).amax(1).T
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -31,8 +31,8 @@ class _Rows:
     capacity (doubling when full), so a write costs the rows it adds, not the rows already there.
     Earlier views keep their length and contents."""
 
-    def __init__(self, first: Tensor) -> None:
-        self.data, self.filled = first, first.shape[0]
+    def __init__(self, data: Tensor, filled: int | None = None) -> None:
+        self.data, self.filled = data, data.shape[0] if filled is None else filled
 
     def append(self, length: int, rows: Tensor) -> tuple[_Rows, Tensor]:
         """The storage and the view of (its first `length` rows) + rows."""
@@ -74,9 +74,18 @@ class Items:
         return self.latents, self.keys, self.embeddings, self.episodes  # type: ignore[return-value]
 
     def select(self, keep: Tensor) -> Items:
-        """The rows where keep (N,) is True."""
+        """The rows where keep (N,) is True (in storage with room to grow, so the next
+        `extend` does not copy them again)."""
         owners = [o for o, k in zip(self.owners, keep.tolist()) if k]
-        return Items(*(t[keep] for t in self._columns()[:3]), owners, self.episodes[keep])  # type: ignore[index]
+        rows = keep.nonzero().flatten()
+        room = len(owners) + max(64, len(owners) // 4)
+        storage = []
+        for column in self._columns():
+            data = column.new_empty(room, *column.shape[1:])
+            torch.index_select(column, 0, rows, out=data[: len(owners)])
+            storage.append(_Rows(data, len(owners)))
+        latents, keys, embeddings, episodes = (s.data[: len(owners)] for s in storage)
+        return Items(latents, keys, embeddings, owners, episodes, tuple(storage))
 
     def extend(self, other: Items) -> Items:
         """These rows followed by `other`'s (amortised: the cost of `other`'s rows)."""
