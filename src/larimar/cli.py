@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .memory import MemoryInputError
 
@@ -186,11 +186,12 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override loop.max_steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="override loop.max_minutes")
     parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
+    parser.add_argument("--stage", choices=("all", "model", "scope"), default="all",
+                        help="what to run: the model then the scope detector (all), or one of them")
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from .train.config import TrainConfig
-    from .train.trainer import Trainer
 
     logging.getLogger("larimar").setLevel(logging.INFO)
     config = TrainConfig.from_yaml(args.config)
@@ -200,22 +201,47 @@ def _run_train(args: argparse.Namespace) -> None:
         config.loop.max_steps = args.max_steps
     if args.max_minutes is not None:
         config.loop.max_minutes = args.max_minutes
+    if args.stage in ("all", "model"):
+        _train_model(config, resume=not args.no_resume)
+    if args.stage in ("all", "scope") and config.scope.data is not None:
+        _train_scope(config)
+    elif args.stage == "scope":
+        raise SystemExit("error: the config has no scope.data (the CounterFact train file the detector is fitted on)")
+
+
+def _train_model(config: Any, resume: bool) -> None:
+    from .train.trainer import Trainer
+
     if config.uses_cached_states:
         from .train.fusion import FusionTrainer
 
-        result = FusionTrainer(config).train(resume=not args.no_resume)
+        result = FusionTrainer(config).train(resume=resume)
     else:
-        result = Trainer(config).train(resume=not args.no_resume)
+        result = Trainer(config).train(resume=resume)
     state = "finished" if result.finished else "stopped (run again to resume)"
     print(f"{state} at step {result.step}; outputs in {result.output_dir}")
     if result.last_validation:
         print(", ".join(f"{k}={v:.4g}" for k, v in result.last_validation.items()))
 
 
+def _train_scope(config: Any) -> None:
+    from .model import LarimarModel
+    from .train.scope import SCOPE_FILE, train_scope
+
+    model = LarimarModel.from_config(config.model)  # the detector uses its frozen encoder and tokenizer
+    report = train_scope(config.scope, model.encoder, model.tokenizer, config.output_dir, config.seed)
+    v = report["validation"]
+    print(f"scope detector: validation accuracy {v['accuracy']['all']:.4f} (a cosine threshold of "
+          f"{v['cosine_threshold']}: {v['cosine_accuracy']['all']:.4f}); wrote {Path(config.output_dir) / SCOPE_FILE}")
+
+
 def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="the training config (YAML) of the run")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a checkpoint-STEP folder of that run (default: the config's export.checkpoint)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a trained weights file to export instead of the checkpoint's (e.g. a model "
+                             "folder's larimar_weights.safetensors, to re-export it with this config)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the loadable model")
     parser.add_argument("--readout-scale", type=float, default=None, help="override the model's readout_scale")
     parser.add_argument("--sequence-size", type=int, default=None,
@@ -225,22 +251,34 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from .model import LarimarModel
     from .train.config import TrainConfig
+    from .train.scope import SCOPE_FILE
     from .train.trainer import WEIGHTS_FILE
 
     config = TrainConfig.from_yaml(args.config)
     checkpoint = args.checkpoint
-    if checkpoint is None:
-        if config.export.checkpoint is None:
-            raise SystemExit("error: pass --checkpoint (the config names no export.checkpoint)")
-        checkpoint = Path(config.output_dir) / f"checkpoint-{config.export.checkpoint:07d}"
-    weights = checkpoint / WEIGHTS_FILE
-    if not weights.is_file():
-        raise SystemExit(f"error: no {WEIGHTS_FILE} in {checkpoint}; pass a checkpoint-STEP folder")
+    if args.weights is not None:
+        weights = args.weights
+        if not weights.is_file():
+            raise SystemExit(f"error: no weights file at {weights}")
+    else:
+        if checkpoint is None:
+            if config.export.checkpoint is None:
+                raise SystemExit("error: pass --checkpoint (the config names no export.checkpoint)")
+            checkpoint = Path(config.output_dir) / f"checkpoint-{config.export.checkpoint:07d}"
+        weights = checkpoint / WEIGHTS_FILE
+        if not weights.is_file():
+            raise SystemExit(f"error: no {WEIGHTS_FILE} in {checkpoint}; pass a checkpoint-STEP folder")
+    scope = None
+    if config.scope.data is not None:
+        scope_file = Path(config.output_dir) / SCOPE_FILE
+        if not scope_file.is_file():
+            raise SystemExit(f"error: no {scope_file}; run `larimar train --config {args.config} --stage scope` first")
+        scope = json.loads(scope_file.read_text())["scope"]
     if args.sequence_size is not None:
         if args.sequence_size < 0:
             raise SystemExit("error: --sequence-size must be >= 0")
         config.export.sequence_size = args.sequence_size
-    model_config = config.export.model_config(config.model)
+    model_config = config.export.model_config(config.model, scope)
     if args.readout_scale is not None:
         if args.readout_scale <= 0:
             raise SystemExit("error: --readout-scale must be > 0")

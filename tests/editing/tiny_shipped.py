@@ -2,7 +2,8 @@
 
 Late fusion (conditioning mode "output"), the lexical channel aligned on the last word, a
 sequence channel addressed only by the first `CODE` coordinates (memory key_size), relative copy
-coverage and the `sequence_lead` rule, and a decoder tokenizer with a chat template: the
+coverage and the `sequence_lead` rule, a scope detector's network, and a decoder tokenizer with
+a chat template: the
 shipped configuration in miniature, exercised through the public API.
 """
 
@@ -14,9 +15,13 @@ from transformers import AutoTokenizer
 
 from larimar.memory import MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
+from larimar.model.scope import ScopeConfig
 from tests.tiny import save_base_models
 
 CODE, SEQUENCE = 16, 512
+TINY_SCOPE = ScopeConfig(w1=[[0.0, 0.0, 6.0, 0.0, 0.0, 0.0, -6.0, 0.0, 0.0, 0.0]], b1=[-3.0], w2=[8.0], b2=0.0)
+"""A trained detector's shape with set weights: in scope when the query's words are the text's
+(cover_query near 1) and no name in the query is missing from the text."""
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant> {% endif %}"
@@ -38,7 +43,8 @@ def shipped_config(root: Path) -> LarimarConfig:
             copy_seen_threshold=0.9, copy_seen_relative=True,
             sequence_size=SEQUENCE, sequence_lead=2.0,
         ),
-        encoder_max_length=32, lexical_tokens=4, lexical_align="word", scope_threshold=0.66,
+        encoder_max_length=32, lexical_tokens=4, lexical_align="word", scope_threshold=0.5,
+        scope=TINY_SCOPE,
     )
 
 

@@ -1,5 +1,6 @@
 """The built-in model comes out of one config: exporting configs/train/cpu-fusion.yaml gives the
-shipped larimar_config.json (the weights come from `larimar train` on the same config)."""
+shipped larimar_config.json (the weights, and the scope detector's fitted values, come from
+`larimar train` on the same config)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_exporting_the_builtin_config_gives_the_shipped_config() -> None:
     config = TrainConfig.from_yaml(ROOT / "configs/train/cpu-fusion.yaml")
-    exported = config.export.model_config(config.model).to_dict()
     shipped = json.loads((BUILTIN_DIR / CONFIG_FILE).read_text())
+    fitted = shipped["scope"]  # what the run's scope stage wrote; its shape follows the config
+    assert fitted["candidates"] == config.scope.candidates
+    assert len(fitted["b1"]) == len(fitted["w2"]) == len(fitted["w1"]) == config.scope.hidden
+    exported = json.loads(json.dumps(config.export.model_config(config.model, fitted).to_dict()))
     shipped.pop("base"), exported.pop("base")  # provenance of the base models, filled in on save
     assert exported == shipped
 

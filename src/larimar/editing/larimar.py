@@ -2,12 +2,11 @@
 
 Symbols: C code size, n candidates.
 
-Scope (spec 5.1): the detector decides once per query, from the query alone (for `ask`, the
-user's question). Each written fact or paraphrase keeps two keys, the sentence embedding of the
-whole text and that of its head (the text minus its last word); a query is matched as a whole
-and, when it holds several sentences, by its last sentence too. The query is in scope when the
-best cosine similarity between a key and a view is at least the threshold; then the best
-matching item is recalled from its episode (`Memory.recall`: the item's write key reads the
+Scope (spec 5.1): the detector (`larimar.editing.scope`) decides once per query, from the query
+alone (for `ask`, the user's question): the built-in model's trained detector scores the items
+nearest by cosine and the query is in scope when the best probability reaches the threshold
+(a model without one compares the best cosine with it). In scope, the best matching item is
+recalled from its episode (`Memory.recall`: the item's write key reads the
 memory) and the readout z_r = s * recall (s = `readout_scale`) conditions the decoder.
 Otherwise, and without a memory, the plain decoder answers: exactly the base model.
 
@@ -40,10 +39,10 @@ from ..model.chat import Question, chat_prompt
 from ..model.larimar import CONFIG_FILE, LarimarModel
 from ..model.text import continuation_nll, generate
 from .easyedit import edit as easyedit_edit
-from .encoding import query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
 from .longcontext import answer as answer_from_context
 from .memory import Memory
+from .scope import ScopeDetector
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +60,9 @@ class ScopeDecision:
     """Id of the nearest written fact (None without facts)."""
     similarity: float | None
     """Cosine similarity to that fact or one of its paraphrases (None without facts)."""
+    score: float | None
+    """What the threshold was compared with: the trained detector's probability, or the
+    cosine for a model without one (None without facts)."""
     z: Tensor | None
     """(1, C) scaled readout in the decoder's dtype when in scope, else None."""
     tokens: tuple[int, ...] | None = None
@@ -87,13 +89,14 @@ class Larimar:
 
     Args:
         model: a trained (or untrained) `LarimarModel`; it is put in eval mode.
-        scope_threshold: default cosine-similarity threshold of the scope detector; None takes
-            `model.config.scope_threshold`.
+        scope_threshold: default threshold of the scope detector (a probability with a trained
+            detector, else a cosine); None takes `model.config.scope_threshold`.
     """
 
     def __init__(self, model: LarimarModel, scope_threshold: float | None = None) -> None:
         self.model = model.eval()
         self.scope_threshold = _threshold(scope_threshold, model.config.scope_threshold)
+        self.detector = ScopeDetector(model)
 
     @property
     def tokenizer(self) -> Any:
@@ -116,16 +119,17 @@ class Larimar:
         _check_prompt(prompt)
         threshold = _threshold(scope_threshold, self.scope_threshold)
         if memory is None or len(memory) == 0:
-            return ScopeDecision(False, None, None, None)
+            return ScopeDecision(False, None, None, None, None)
         self._check_owner(memory)
-        views = self.model.encoder.embed(query_views(prompt)).to(memory.items.embeddings)  # (V, H)
-        row, similarity, _ = memory.locate(views)  # type: ignore[misc]
+        match = self.detector.match(prompt, memory.items.embeddings, memory.item_text)
+        assert match is not None
+        row, similarity = match.row, match.similarity
         fact_id = memory.items.owners[row]
-        if similarity < threshold:
-            return ScopeDecision(False, fact_id, similarity, None)
+        if match.score < threshold:
+            return ScopeDecision(False, fact_id, similarity, match.score, None)
         z = self.model.config.readout_scale * memory.recall([row])  # (1, C) float64
         z = z.to(self.model.decoder.memory_map.weight.dtype)
-        return ScopeDecision(True, fact_id, similarity, z, self._sketch_tokens(memory.item_text(row)))
+        return ScopeDecision(True, fact_id, similarity, match.score, z, self._sketch_tokens(memory.item_text(row)))
 
     def _sketch_tokens(self, text: str) -> tuple[int, ...] | None:
         """The decoder ids a text's successor sketch holds (its tokens and the end token)."""
@@ -271,7 +275,7 @@ def _threshold(value: float | None, default: float) -> float:
     if value is None:
         return default
     if not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
-        raise ValueError(f"scope_threshold is a cosine similarity in [-1, 1]; got {value!r}")
+        raise ValueError(f"scope_threshold is a probability or a cosine similarity, in [-1, 1]; got {value!r}")
     return float(value)
 
 

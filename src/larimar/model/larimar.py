@@ -21,6 +21,7 @@ from .assets import DEFAULT_NAME, load_decoder, load_encoder
 from .conditioning import ConditioningConfig, MemoryConditionedDecoder
 from .encoder import SentenceEncoder
 from .provenance import describe_base, verify_base
+from .scope import ScopeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,10 @@ class LarimarConfig:
     readout_scale: float = 1.0
     """Multiply the memory readout by this before decoding (arXiv 2407.16908 uses 3-4)."""
     scope_threshold: float = 0.7
-    """Default cosine similarity to the nearest written fact above which a query uses memory."""
+    """Default threshold of the scope detector: a probability with a trained detector (`scope`),
+    else the cosine similarity to the nearest written text."""
+    scope: ScopeConfig | None = None
+    """The trained scope detector (`larimar.model.scope`); None: the cosine decides."""
     base: dict[str, Any] = field(default_factory=dict)
     """Provenance of the base models (package, version, sha256), filled in when saving."""
 
@@ -64,6 +68,8 @@ class LarimarConfig:
             self.memory = MemoryConfig.from_dict(self.memory)
         if isinstance(self.conditioning, dict):
             self.conditioning = ConditioningConfig(**_tuples(self.conditioning))
+        if isinstance(self.scope, dict):
+            self.scope = ScopeConfig(**self.scope)
         if self.conditioning is None:
             self.conditioning = ConditioningConfig(code_size=self.memory.code_size)
         seq = self.conditioning.sequence_size

@@ -10,6 +10,7 @@ import yaml
 
 from ..model.larimar import LarimarConfig
 from .data import DataConfig
+from .scope import ScopeTrainConfig
 
 
 @dataclass
@@ -146,10 +147,13 @@ class ExportConfig:
         if unknown:
             raise ValueError(f"export.settings may set {sorted(allowed)}; got {sorted(unknown)}")
 
-    def model_config(self, trained: LarimarConfig) -> LarimarConfig:
-        """The exported model's config: the trained one, plus the channel and settings."""
+    def model_config(self, trained: LarimarConfig, scope: dict[str, Any] | None = None) -> LarimarConfig:
+        """The exported model's config: the trained one, plus the channel, the settings and the
+        fitted scope detector (`ScopeConfig` fields, from the run's scope stage) if given."""
         config = trained.with_sequence_channel(self.sequence_size) if self.sequence_size else trained
         data = config.to_dict()
+        if scope is not None:
+            data["scope"] = scope
         for key, value in self.settings.items():
             if key == "conditioning":
                 unknown = set(value) - set(data["conditioning"])
@@ -181,6 +185,8 @@ class TrainConfig:
     """Run length and bookkeeping."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
     """Cached-state training (used when the model's conditioning mode is "output")."""
+    scope: ScopeTrainConfig = field(default_factory=ScopeTrainConfig)
+    """The scope detector's stage (`larimar.train.scope`), run after the model."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """What `larimar export` adds to a checkpoint of this run."""
 
@@ -199,7 +205,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from nested dictionaries; unknown keys are an error that names them."""
         sections = {"model": LarimarConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig,
-                    "fusion": FusionConfig, "export": ExportConfig}
+                    "fusion": FusionConfig, "scope": ScopeTrainConfig, "export": ExportConfig}
         _reject_unknown(cls, data, "")
         kwargs = dict(data)
         for name, klass in sections.items():

@@ -1,0 +1,69 @@
+"""The scope detector: which written item, if any, a query is about (spec 5.1).
+
+Each written fact or paraphrase keeps two scope keys (`encoding.encode_texts`); a query is
+embedded as a whole and, when it holds several sentences, by its last sentence too
+(`encoding.query_views`). With a trained detector (the model config's `scope`, see
+`larimar.model.scope`), the items nearest by cosine are scored by its network and the best
+probability decides; without one, the best cosine does. Either way the query is in scope when
+the score reaches the threshold.
+
+Symbols: N items, S keys per item (2), V query views, H embedding size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..model.larimar import LarimarModel
+from ..model.scope import PairFeatures, probability
+from .encoding import query_views
+
+
+@dataclass(frozen=True)
+class Match:
+    """The item a query is nearest to, by the detector's score."""
+
+    row: int
+    """Item row."""
+    similarity: float
+    """Best cosine of a query view to one of the item's keys."""
+    score: float
+    """What the threshold is compared with: the trained detector's probability, else the cosine."""
+
+
+class ScopeDetector:
+    """Scores queries against written items with a model's encoder (and its trained detector)."""
+
+    def __init__(self, model: LarimarModel) -> None:
+        self.encoder = model.encoder
+        self.config = model.config.scope
+        self.features = PairFeatures(model.tokenizer) if self.config is not None else None
+
+    @property
+    def trained(self) -> bool:
+        """Whether scores are the trained detector's probabilities (else cosines)."""
+        return self.config is not None
+
+    @torch.no_grad()
+    def match(self, query: str, keys: Tensor, text_of: Callable[[int], str]) -> Match | None:
+        """The best item for `query` among items with scope keys (N, S, H); `text_of(row)` gives
+        an item's text. None when there are no items."""
+        if keys.shape[0] == 0:
+            return None
+        views = query_views(query)
+        embedded = self.encoder.embed(views).to(keys)  # (V, H)
+        cos = torch.einsum("nsh,vh->nvs", keys, embedded)  # (N, V, S)
+        best = cos.amax(dim=(1, 2))  # (N,)
+        if self.config is None or self.features is None:
+            row = int(best.argmax())
+            return Match(row, float(best[row]), float(best[row]))
+        rows = best.topk(min(self.config.candidates, len(best))).indices.tolist()
+        x = torch.stack([self.features(views[v], text_of(r), float(cos[r, v, 0]), float(cos[r, v, -1]))
+                         for r in rows for v in range(len(views))])  # (rows * V, F)
+        p = probability(self.config, x).reshape(len(rows), len(views)).amax(1)  # (rows,)
+        k = int(p.argmax())
+        return Match(rows[k], float(best[rows[k]]), float(p[k]))

@@ -1,0 +1,162 @@
+"""The trained scope detector: does this query ask about that written text?
+
+The detector sees one (query, item) pair at a time: the item's text and the cosine similarity
+of the query to the item's two scope keys (the whole text's sentence embedding and its head's,
+see `larimar.editing.encoding.encode_texts`), plus word-overlap features that a cosine misses:
+whether the query's rare words (names, numbers, subjects) appear in the text. A word's rarity
+comes from the decoder's BPE vocabulary: byte-pair merges are numbered roughly by frequency,
+so a high token id, or a word that takes several tokens, is rare. A small network over these
+features (`ScopeConfig`, fitted by `larimar.train.scope`) gives the probability that the query
+is about the text; the query is in scope when the best candidate's probability reaches
+the threshold.
+
+Example:
+    >>> features = PairFeatures(tokenizer)
+    >>> x = features("Who founded Spotify?", "Spotify was founded by Louis Pasteur.", 0.71, 0.80)
+    >>> probability(config, x[None])  # (1,)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FEATURES = ("cos_whole", "cos_head", "cover_query", "cover_text", "missing_max", "shared_max",
+            "name_missing", "name_shared", "shared_mass", "missing_mass")
+"""The pair features, in order (see `PairFeatures`)."""
+
+WORD = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
+FIRST_MERGE = 256
+"""BPE ids below this are single bytes; rarity counts from here."""
+
+
+@dataclass
+class ScopeConfig:
+    """A fitted scope detector: a one-hidden-layer network over `FEATURES`,
+    p = sigmoid(w2 . tanh(W1 x + b1) + b2)."""
+
+    w1: list[list[float]]
+    """(hidden, F) first-layer weights, F in `FEATURES` order."""
+    b1: list[float]
+    """(hidden,) first-layer biases."""
+    w2: list[float]
+    """(hidden,) output weights."""
+    b2: float
+    """Output bias."""
+    candidates: int = 8
+    """Items (nearest by cosine) the detector examines per query."""
+    features: tuple[str, ...] = FEATURES
+    """The feature names the weights were fitted on (checked against `FEATURES`)."""
+
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        if self.features != FEATURES:
+            raise ValueError(f"scope weights were fitted on features {list(self.features)}; this version "
+                             f"computes {list(FEATURES)}: re-run the scope stage of `larimar train`")
+        hidden = len(self.b1)
+        if (len(self.w1) != hidden or any(len(row) != len(FEATURES) for row in self.w1)
+                or len(self.w2) != hidden or hidden < 1):
+            raise ValueError(f"scope weights: need w1 (hidden, {len(FEATURES)}), b1 and w2 (hidden,); "
+                             f"got {len(self.w1)} rows, {len(self.b1)} and {len(self.w2)}")
+        if self.candidates < 1:
+            raise ValueError(f"scope.candidates must be >= 1; got {self.candidates}")
+
+
+def logits(config: ScopeConfig, features: Tensor) -> Tensor:
+    """(n,) log-odds that each query is about its text, from (n, F) features."""
+    as_tensor = lambda v: torch.tensor(v, dtype=features.dtype, device=features.device)  # noqa: E731
+    hidden = torch.tanh(features @ as_tensor(config.w1).T + as_tensor(config.b1))  # (n, hidden)
+    return hidden @ as_tensor(config.w2) + config.b2
+
+
+def probability(config: ScopeConfig, features: Tensor) -> Tensor:
+    """(n,) probability that each query is about its text, from (n, F) features."""
+    return torch.sigmoid(logits(config, features))
+
+
+def words(text: str) -> list[str]:
+    """The words of a text as written (letters and digits; inner apostrophes and hyphens kept)."""
+    return WORD.findall(text)
+
+
+def _norm(word: str) -> str:
+    word = word.lower()
+    return word[:-2] if word.endswith("'s") else word
+
+
+def same_word(a: str, b: str, exact: bool = False) -> bool:
+    """Whether two normalised words are one word up to an ending ("found"/"founded", "speaks");
+    names and numbers (`exact`) must be equal."""
+    if a == b:
+        return True
+    if exact or any(c.isdigit() for c in a + b):
+        return False
+    shared = len(_common_prefix(a, b))
+    return shared >= max(4, min(len(a), len(b)) - 2)
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+class PairFeatures:
+    """Computes the detector's features of (query, text) pairs with a decoder tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.vocab = max(len(tokenizer), FIRST_MERGE + 2)
+        self.rarity = lru_cache(maxsize=65536)(self._rarity)
+
+    def _rarity(self, word: str) -> float:
+        """0 for the commonest words, up to 1 for rare ones (a high BPE id, or several tokens)."""
+        ids = self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            return 1.0
+        low, high = math.log(1 + FIRST_MERGE), math.log(self.vocab)
+        return min(1.0, max(0.0, (math.log(1 + ids[0]) - low) / (high - low)))
+
+    def __call__(self, query: str, text: str, cos_whole: float, cos_head: float) -> Tensor:
+        """(F,) float64 features of one pair, in `FEATURES` order."""
+        asked = words(query)
+        written = [_norm(w) for w in words(text)]
+        found, weight_q, shared_max, missing_max = 0.0, 0.0, 0.0, 0.0
+        name_missing = name_shared = 0.0
+        matched_text: set[int] = set()
+        for i, raw in enumerate(asked):
+            word = _norm(raw)
+            r = self.rarity(word)
+            weight_q += r
+            name = any(c.isdigit() for c in raw) or (i > 0 and raw[0].isupper())
+            hits = [j for j, w in enumerate(written) if same_word(word, w, exact=name)]
+            if hits:
+                found += r
+                shared_max = max(shared_max, r)
+                matched_text.update(hits)
+                name_shared = max(name_shared, float(name))
+            else:
+                missing_max = max(missing_max, r)
+                name_missing = max(name_missing, float(name))
+        rarities = [self.rarity(w) for w in written]
+        weight_t = sum(rarities)
+        cover_text = sum(rarities[j] for j in matched_text) / weight_t if weight_t else 0.0
+        cover_query = found / weight_q if weight_q else 0.0
+        return torch.tensor([cos_whole, cos_head, cover_query, cover_text, missing_max, shared_max,
+                             name_missing, name_shared, found, weight_q - found], dtype=torch.float64)
+
+    def many(self, queries: Sequence[str], texts: Sequence[str], cosines: Tensor) -> Tensor:
+        """(n, F) features of n pairs; `cosines` is (n, 2): whole-key and head-key cosines."""
+        if not queries:
+            return torch.zeros(0, len(FEATURES), dtype=torch.float64)
+        return torch.stack([self(q, t, float(c[0]), float(c[1])) for q, t, c in zip(queries, texts, cosines)])
