@@ -38,7 +38,8 @@ from torch import Tensor
 
 from ..model.chat import Question, chat_prompt
 from ..model.larimar import CONFIG_FILE, LarimarModel
-from ..model.text import continuation_nll, generate
+from ..model.decoding import DecodeLoop, Row
+from ..model.text import continuation_nll, decode_loop, generate, prompt_row
 from .easyedit import edit as easyedit_edit
 from .encoding import query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
@@ -181,6 +182,24 @@ class Larimar:
         decisions = [self.scope(asked, m, scope_threshold) for (_, asked), m in zip(formatted, memories)]
         texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
         return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
+
+    def reply_row(self, question: Question, memory: Memory | None = None, max_new_tokens: int = 64,
+                  scope_threshold: float | None = None, key: Any = 0) -> tuple[Row, ScopeDecision]:
+        """A question as a row of `reply_loop()`, and its scope decision: decoding it there and
+        passing the ids to `reply` gives `ask`'s answer (the service's continuous batching)."""
+        prompt, asked = chat_prompt(self.tokenizer, question)
+        d = self.scope(asked, memory, scope_threshold)
+        z = None if d.z is None else d.z[0]
+        return prompt_row(self.tokenizer, prompt, key, z, d.tokens, max_new_tokens, chat=True), d
+
+    def reply_loop(self) -> DecodeLoop:
+        """A `DecodeLoop` for chat replies (`reply_row`); it keeps the chat template's prefix states."""
+        return decode_loop(self.model.decoder, self.tokenizer, chat=True)
+
+    def reply(self, ids: Sequence[int], decision: ScopeDecision) -> Answer:
+        """The answer of a reply's generated ids."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return Answer(text.strip(), decision.in_scope, decision.fact_id, decision.similarity)
 
     def _decode(self, prompts: list[str], decisions: list[ScopeDecision], max_new_tokens: int,
                 batch_size: int, chat: bool) -> list[str]:

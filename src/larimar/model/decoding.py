@@ -142,6 +142,10 @@ class DecodeLoop:
                 out.update(self.step())
         return [out[i] for i in range(len(keyed))]
 
+    def keys(self) -> set[Hashable]:
+        """Keys of the rows being decoded."""
+        return {row.key for lane in self._lanes.values() for row in lane.rows}
+
     def drop(self) -> list[Hashable]:
         """Forget every running row (after an error); returns their keys."""
         keys = [row.key for lane in self._lanes.values() for row in lane.rows]

@@ -210,6 +210,20 @@ def continuation_nll(
     return [-s.log_probs.mean().item() for s in scored]
 
 
+def prompt_row(tokenizer: Any, prompt: str, key: Any = 0, z: Tensor | None = None,
+               candidates: Sequence[int] | None = None, max_new_tokens: int = 20, chat: bool = False) -> Row:
+    """A prompt as a row of a `DecodeLoop` (see `generate` for the arguments; z (C,) or None)."""
+    ids = _ids(tokenizer, prompt, special_tokens=not chat)
+    if not ids:
+        raise ValueError("cannot generate from an empty prompt")
+    return Row(key, tuple(ids), z, None if candidates is None else tuple(candidates), max_new_tokens)
+
+
+def decode_loop(decoder: MemoryConditionedDecoder, tokenizer: Any, chat: bool = False) -> DecodeLoop:
+    """The `DecodeLoop` that `generate` decodes with (chat prompts share their template's prefix)."""
+    return DecodeLoop(decoder, tokenizer.eos_token_id, reply_start=chat, prefix=template_prefix(tokenizer) if chat else None)
+
+
 @torch.no_grad()
 def generate(
     decoder: MemoryConditionedDecoder,
@@ -241,15 +255,14 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     _check_z(z, len(prompts))
     device, pad = _device(decoder), pad_id(tokenizer)
+    if supports(decoder):
+        todo = [prompt_row(tokenizer, p, i, None if z is None else z[i], None if candidates is None else candidates[i],
+                           max_new_tokens, chat) for i, p in enumerate(prompts)]
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in decode_loop(decoder, tokenizer, chat).run(
+            todo, batch_size)]
     rows = [_ids(tokenizer, p, special_tokens=not chat) for p in prompts]
     if any(not ids for ids in rows):
         raise ValueError("cannot generate from an empty prompt")
-    if supports(decoder):
-        loop = DecodeLoop(decoder, tokenizer.eos_token_id, reply_start=chat,
-                          prefix=template_prefix(tokenizer) if chat else None)
-        todo = [Row(i, tuple(ids), None if z is None else z[i], None if candidates is None else tuple(candidates[i]),
-                    max_new_tokens) for i, ids in enumerate(rows)]
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in loop.run(todo, batch_size)]
     texts: list[str] = []
     for b in range(0, len(prompts), batch_size):
         input_ids, mask = _left_padded(rows[b : b + batch_size], pad, device)

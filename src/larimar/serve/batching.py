@@ -1,9 +1,12 @@
-"""Micro-batched asks: concurrent asks share the decoder's forward passes.
+"""Batched asks: concurrent asks share the decoder's forward passes.
 
-`Batcher` hands requests from many threads to one worker, which takes what queued up while the
-previous batch ran and, while asks come concurrently, waits a short window after the first for
-others to join; it answers them with one call of a batch function. The batch function is a plain callable, so the service can use
-`larimar_ask_many` below or any other (say a future `Larimar.ask_many`).
+`AskLoop` (what the service uses) decodes asks continuously: one worker keeps a running batch
+(`larimar.model.decoding.DecodeLoop`), admits the asks that arrived before each decoding step and
+answers each as soon as its reply ends, so a short reply never waits for a long one and a new ask
+never waits for a batch to finish. `Batcher` is the simpler scheme for any batch function: it
+hands requests from many threads to one worker, which takes what queued up while the previous
+batch ran (waiting a short window after the first while asks come concurrently) and answers them
+with one call (e.g. `larimar_ask_many` below).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Generic, TypeVar
 import torch
 
 from ..editing import Answer, Larimar, Memory
+from ..editing.larimar import ScopeDecision
+from ..model.decoding import supports
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +135,122 @@ def larimar_ask_many(lm: Larimar) -> Callable[[Sequence[AskRequest]], list[Answe
         return answers  # type: ignore[return-value]
 
     return ask_many
+
+
+class AskLoop:
+    """Continuous batching of asks for `Larimar.ask`: the same answers, at most `max_batch` decoding at once.
+
+    When idle, the first ask waits up to `wait_s` for others (while asks come concurrently; a lone
+    client waits at most 1 ms) so that they are prefilled together; while decoding, asks that
+    arrive join before the next step. A request that fails (say a bad scope threshold) fails alone.
+    """
+
+    def __init__(self, lm: Larimar, max_batch: int = 8, wait_s: float = 0.002) -> None:
+        if max_batch < 1 or wait_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and wait_s >= 0; got {max_batch}, {wait_s}")
+        self.lm, self.max_batch, self.wait_s = lm, max_batch, wait_s
+        self.loop = lm.reply_loop()
+        self._queue: queue.Queue[tuple[AskRequest, Future[Answer]] | None] = queue.Queue()
+        self._pending: dict[int, tuple[Future[Answer], ScopeDecision]] = {}
+        self._last, self._next_key, self._stop = 1, 0, False
+        self.on_batch: Callable[[int], None] | None = None
+        """Called with the number of asks decoding together after each admission (metrics)."""
+        self._worker = threading.Thread(target=self._run, name="larimar-ask-loop", daemon=True)
+        self._worker.start()
+
+    def submit(self, request: AskRequest) -> Answer:
+        """The answer to `request`, decoded together with concurrent ones (blocks)."""
+        if not self._worker.is_alive():
+            raise RuntimeError("the ask loop is stopped; the server is shutting down")
+        future: Future[Answer] = Future()
+        self._queue.put((request, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=30)
+
+    def _arrivals(self) -> list[tuple[AskRequest, Future[Answer]]]:
+        """Asks to admit now: when idle, block for the first and wait briefly for company."""
+        room = self.max_batch - len(self._pending)
+        got: list[tuple[AskRequest, Future[Answer]]] = []
+        deadline = None
+        if not self._pending:
+            first = self._queue.get()
+            if first is None:
+                self._stop = True
+                return got
+            got.append(first)
+            deadline = time.monotonic() + (self.wait_s if self._last > 1 else min(self.wait_s, 0.001))
+        while len(got) < room:
+            try:
+                nxt = self._queue.get_nowait() if deadline is None else \
+                    self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._stop = True
+                break
+            got.append(nxt)
+        return got
+
+    def _run(self) -> None:
+        while not (self._stop and not self._pending):
+            self._admit(self._arrivals())
+            if not self.loop.active:
+                continue
+            try:
+                ended = self.loop.step()
+            except Exception as err:  # noqa: BLE001  (fail the asks decoding now; the loop goes on)
+                logger.exception("decoding step failed")
+                for key in self.loop.drop():
+                    self._pending.pop(key)[0].set_exception(err)
+                continue
+            self._finish(ended)
+
+    def _admit(self, arrivals: list[tuple[AskRequest, Future[Answer]]]) -> None:
+        rows = []
+        for request, future in arrivals:
+            try:
+                row, decision = self.lm.reply_row(request.prompt, request.memory, request.max_new_tokens,
+                                                  request.scope_threshold, key=self._next_key)
+            except Exception as err:  # noqa: BLE001  (this request alone is bad)
+                future.set_exception(err)
+                continue
+            self._pending[self._next_key] = (future, decision)
+            self._next_key += 1
+            rows.append(row)
+        if not rows:
+            return
+        self._last = len(rows)
+        try:
+            ended = self.loop.add(rows)
+        except Exception as err:  # noqa: BLE001
+            logger.exception("prefilling %d asks failed", len(rows))
+            active = self.loop.keys()
+            for row in rows:
+                if row.key not in active:
+                    self._pending.pop(row.key)[0].set_exception(err)
+            return
+        if self.on_batch is not None:
+            self.on_batch(self.loop.active + len(ended))
+        self._finish(ended)
+
+    def _finish(self, ended: list[tuple[object, list[int]]]) -> None:
+        for key, ids in ended:
+            future, decision = self._pending.pop(key)  # type: ignore[call-overload]
+            try:
+                future.set_result(self.lm.reply(ids, decision))
+            except Exception as err:  # noqa: BLE001
+                future.set_exception(err)
+
+
+def ask_engine(lm: Larimar, ask_many: Callable[[Sequence[AskRequest]], list[Answer]] | None, max_batch: int,
+               wait_s: float) -> AskLoop | Batcher[AskRequest, Answer] | None:
+    """What batches the service's asks: None for `max_batch` 1, a `Batcher` of a given `ask_many`
+    (or for decoders `DecodeLoop` does not support), else an `AskLoop`."""
+    if max_batch <= 1:
+        return None
+    if ask_many is None and supports(lm.model.decoder):
+        return AskLoop(lm, max_batch, wait_s)
+    return Batcher(ask_many or larimar_ask_many(lm), max_batch=max_batch, wait_s=wait_s)

@@ -27,7 +27,7 @@ from . import auth
 from .config import Limits
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
-from .batching import AskRequest, Batcher, larimar_ask_many
+from .batching import AskRequest, ask_engine, larimar_ask_many
 from .storage import FactRow, MemoryRow, Store
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class MemoryService:
         clock: monotonic seconds (tests pass a fake one and call `snapshot_due`).
         ask_batch: most asks decoded together (1: each ask decodes alone).
         ask_wait_ms: how long the first ask of a batch waits for others to join it.
-        ask_many: answers a batch of asks (default `batching.larimar_ask_many(lm)`).
+        ask_many: answers a batch of asks (given: a `Batcher` runs it; default: continuous batching,
+            `batching.AskLoop`).
     """
 
     def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
@@ -120,7 +121,7 @@ class MemoryService:
         if snapshot_seconds > 0:
             threading.Thread(target=self._snapshot_timer, name="larimar-snapshot-timer", daemon=True).start()
         self.ask_many = ask_many or larimar_ask_many(lm)
-        self._asks = Batcher(self.ask_many, max_batch=ask_batch, wait_s=ask_wait_ms / 1000) if ask_batch > 1 else None
+        self._asks = ask_engine(lm, ask_many, ask_batch, ask_wait_ms / 1000)
 
     def observe_batches(self, observer: Callable[[int], None]) -> None:
         """Call `observer` with the size of each batch of asks decoded together (metrics)."""
