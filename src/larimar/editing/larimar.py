@@ -111,22 +111,39 @@ class Larimar:
         return Memory.load(self.model, path)
 
     # ----------------------------------------------------------------------------- queries
-    @torch.no_grad()
     def scope(self, prompt: str, memory: Memory | None = None, scope_threshold: float | None = None) -> ScopeDecision:
         """Decide from the prompt alone whether the memory answers it, and read it if so."""
-        _check_prompt(prompt)
+        [decision] = self.scope_many([prompt], [memory], scope_threshold)
+        return decision
+
+    @torch.no_grad()
+    def scope_many(self, prompts: Sequence[str], memories: Sequence[Memory | None],
+                   scope_threshold: float | None = None) -> list[ScopeDecision]:
+        """`scope` of each prompt with its memory (or None), their views embedded in one batch."""
+        for prompt in prompts:
+            _check_prompt(prompt)
         threshold = _threshold(scope_threshold, self.scope_threshold)
-        if memory is None or len(memory) == 0:
-            return ScopeDecision(False, None, None, None)
-        self._check_owner(memory)
-        views = self.model.encoder.embed(query_views(prompt)).to(memory.items.embeddings)  # (V, H)
-        row, similarity, _ = memory.locate(views)  # type: ignore[misc]
-        fact_id = memory.items.owners[row]
-        if similarity < threshold:
-            return ScopeDecision(False, fact_id, similarity, None)
-        z = self.model.config.readout_scale * memory.recall([row])  # (1, C) float64
-        z = z.to(self.model.decoder.memory_map.weight.dtype)
-        return ScopeDecision(True, fact_id, similarity, z, self._sketch_tokens(memory.item_text(row)))
+        views = [query_views(p) if m is not None and len(m) else [] for p, m in zip(prompts, memories, strict=True)]
+        for memory, texts in zip(memories, views):
+            if texts:
+                self._check_owner(memory)  # type: ignore[arg-type]
+        flat = [text for texts in views for text in texts]
+        embedded = self.model.encoder.embed(flat) if flat else None  # (V, H)
+        out, at = [], 0
+        for memory, texts in zip(memories, views):
+            if not texts:
+                out.append(ScopeDecision(False, None, None, None))
+                continue
+            row, similarity, _ = memory.locate(embedded[at : at + len(texts)].to(memory.items.embeddings))  # type: ignore
+            at += len(texts)
+            fact_id = memory.items.owners[row]  # type: ignore[union-attr]
+            if similarity < threshold:
+                out.append(ScopeDecision(False, fact_id, similarity, None))
+                continue
+            z = self.model.config.readout_scale * memory.recall([row])  # type: ignore[union-attr]  # (1, C) float64
+            z = z.to(self.model.decoder.memory_map.weight.dtype)
+            out.append(ScopeDecision(True, fact_id, similarity, z, self._sketch_tokens(memory.item_text(row))))  # type: ignore
+        return out
 
     def _sketch_tokens(self, text: str) -> tuple[int, ...] | None:
         """The decoder ids a text's successor sketch holds (its tokens and the end token)."""
@@ -179,21 +196,23 @@ class Larimar:
         if len(memories) != len(questions):
             raise ValueError(f"got {len(memories)} memories for {len(questions)} questions; pass one per question")
         formatted = [chat_prompt(self.tokenizer, q) for q in questions]
-        decisions = [self.scope(asked, m, scope_threshold) for (_, asked), m in zip(formatted, memories)]
+        decisions = self.scope_many([asked for _, asked in formatted], memories, scope_threshold)
         texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
         return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
 
-    def reply_row(self, question: Question, memory: Memory | None = None, max_new_tokens: int = 64,
-                  scope_threshold: float | None = None, key: Any = 0) -> tuple[Row, ScopeDecision]:
-        """A question as a row of `reply_loop()`, and its scope decision: decoding it there and
-        passing the ids to `reply` gives `ask`'s answer (the service's continuous batching)."""
-        prompt, asked = chat_prompt(self.tokenizer, question)
-        d = self.scope(asked, memory, scope_threshold)
-        z = None if d.z is None else d.z[0]
-        return prompt_row(self.tokenizer, prompt, key, z, d.tokens, max_new_tokens, chat=True), d
+    def reply_rows(self, questions: Sequence[Question], memories: Sequence[Memory | None], max_new_tokens: int = 64,
+                   scope_threshold: float | None = None, keys: Sequence[Any] | None = None,
+                   ) -> list[tuple[Row, ScopeDecision]]:
+        """Questions as rows of `reply_loop()`, with their scope decisions: decoding a row there and
+        passing its ids to `reply` gives `ask`'s answer (the service's continuous batching)."""
+        formatted = [chat_prompt(self.tokenizer, q) for q in questions]
+        decisions = self.scope_many([asked for _, asked in formatted], memories, scope_threshold)
+        keys = range(len(questions)) if keys is None else keys
+        return [(prompt_row(self.tokenizer, prompt, key, None if d.z is None else d.z[0], d.tokens, max_new_tokens,
+                            chat=True), d) for (prompt, _), d, key in zip(formatted, decisions, keys, strict=True)]
 
     def reply_loop(self) -> DecodeLoop:
-        """A `DecodeLoop` for chat replies (`reply_row`); it keeps the chat template's prefix states."""
+        """A `DecodeLoop` for chat replies (`reply_rows`); it keeps the chat template's prefix states."""
         return decode_loop(self.model.decoder, self.tokenizer, chat=True)
 
     def reply(self, ids: Sequence[int], decision: ScopeDecision) -> Answer:

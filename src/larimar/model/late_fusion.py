@@ -100,8 +100,10 @@ class LateFusion:
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
         copy = direction * (2 * torch.sigmoid(gate))
         weight = head.weight  # (V, H)
-        copied = (copy @ weight.T) / self._head_norms(weight).clamp_min(1e-6)  # (..., V)
-        logits = head(mixed)
+        # both products with the (V, H) table in one matrix product: one pass over the table
+        both = torch.stack([mixed, copy]) @ weight.T  # (2, ..., V)
+        copied = both[1] / self._head_norms(weight).clamp_min(1e-6)  # (..., V)
+        logits = both[0] if head.bias is None else both[0] + head.bias
         cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
             if previous is None:

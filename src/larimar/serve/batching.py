@@ -209,17 +209,26 @@ class AskLoop:
             self._finish(ended)
 
     def _admit(self, arrivals: list[tuple[AskRequest, Future[Answer]]]) -> None:
+        groups: dict[tuple[int, float | None], list[tuple[AskRequest, Future[Answer]]]] = {}
+        for request, future in arrivals:  # one scope batch per (budget, threshold)
+            groups.setdefault((request.max_new_tokens, request.scope_threshold), []).append((request, future))
         rows = []
-        for request, future in arrivals:
+        for (tokens, threshold), group in groups.items():
             try:
-                row, decision = self.lm.reply_row(request.prompt, request.memory, request.max_new_tokens,
-                                                  request.scope_threshold, key=self._next_key)
-            except Exception as err:  # noqa: BLE001  (this request alone is bad)
-                future.set_exception(err)
-                continue
-            self._pending[self._next_key] = (future, decision)
-            self._next_key += 1
-            rows.append(row)
+                prepared = self.lm.reply_rows([r.prompt for r, _ in group], [r.memory for r, _ in group], tokens,
+                                              threshold, keys=range(self._next_key, self._next_key + len(group)))
+            except Exception:  # noqa: BLE001  (a bad request: prepare each alone, so it fails alone)
+                prepared = []
+                for offset, (request, future) in enumerate(group):
+                    try:
+                        prepared += self.lm.reply_rows([request.prompt], [request.memory], tokens, threshold,
+                                                       keys=[self._next_key + offset])
+                    except Exception as err:  # noqa: BLE001
+                        future.set_exception(err)
+            for row, decision in prepared:
+                self._pending[row.key] = (group[row.key - self._next_key][1], decision)
+                rows.append(row)
+            self._next_key += len(group)
         if not rows:
             return
         self._last = len(rows)
