@@ -140,17 +140,21 @@ def larimar_ask_many(lm: Larimar) -> Callable[[Sequence[AskRequest]], list[Answe
 class AskLoop:
     """Continuous batching of asks for `Larimar.ask`: the same answers, at most `max_batch` decoding at once.
 
-    When idle, the first ask waits up to `wait_s` for others (while asks come concurrently; a lone
-    client waits at most 1 ms) so that they are prefilled together; while decoding, asks that
-    arrive join before the next step. A request that fails (say a bad scope threshold) fails alone.
+    Each prefill is a decoder pass of its own, so asks are admitted in groups: when idle, asks
+    are gathered while they keep coming, each within `wait_s` of the previous (a lone client
+    waits at most 1 ms); while decoding, waiting asks join before the next step once they fill
+    the free rows or the first of them has waited `hold_s` (default 10 x `wait_s`). A request
+    that fails (say a bad scope threshold) fails alone.
     """
 
-    def __init__(self, lm: Larimar, max_batch: int = 8, wait_s: float = 0.002) -> None:
+    def __init__(self, lm: Larimar, max_batch: int = 8, wait_s: float = 0.002, hold_s: float | None = None) -> None:
         if max_batch < 1 or wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and wait_s >= 0; got {max_batch}, {wait_s}")
         self.lm, self.max_batch, self.wait_s = lm, max_batch, wait_s
+        self.hold_s = 10 * wait_s if hold_s is None else hold_s
         self.loop = lm.reply_loop()
-        self._queue: queue.Queue[tuple[AskRequest, Future[Answer]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[AskRequest, Future[Answer], float] | None] = queue.Queue()
+        self._waiting: list[tuple[AskRequest, Future[Answer], float]] = []
         self._pending: dict[int, tuple[Future[Answer], ScopeDecision]] = {}
         self._last, self._next_key, self._stop = 1, 0, False
         self.on_batch: Callable[[int], None] | None = None
@@ -163,39 +167,47 @@ class AskLoop:
         if not self._worker.is_alive():
             raise RuntimeError("the ask loop is stopped; the server is shutting down")
         future: Future[Answer] = Future()
-        self._queue.put((request, future))
+        self._queue.put((request, future, time.monotonic()))
         return future.result()
 
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)
 
+    def _take(self, timeout: float | None) -> bool:
+        """Move one queued ask to the waiting list (block up to `timeout`; None: do not block)."""
+        try:
+            item = self._queue.get_nowait() if timeout is None else self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if item is None:
+            self._stop = True
+            return False
+        self._waiting.append(item)
+        return True
+
     def _arrivals(self) -> list[tuple[AskRequest, Future[Answer]]]:
-        """Asks to admit now: when idle, block for the first and wait briefly for company."""
-        room = self.max_batch - len(self._pending)
-        got: list[tuple[AskRequest, Future[Answer]]] = []
-        deadline = None
+        """The asks to admit now (see the class docstring)."""
+        if not self._pending and not self._waiting and not self._take(timeout=3600.0):
+            return []
+        while self._take(timeout=None):
+            pass
         if not self._pending:
-            first = self._queue.get()
-            if first is None:
-                self._stop = True
-                return got
-            got.append(first)
-            deadline = time.monotonic() + (self.wait_s if self._last > 1 else min(self.wait_s, 0.001))
-        while len(got) < room:
-            try:
-                nxt = self._queue.get_nowait() if deadline is None else \
-                    self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if nxt is None:
-                self._stop = True
-                break
-            got.append(nxt)
-        return got
+            gap = self.wait_s if self._last > 1 else min(self.wait_s, 0.001)
+            while len(self._waiting) < self.max_batch and not self._stop and self._take(timeout=gap):
+                pass
+            room = self.max_batch
+        else:
+            room = self.max_batch - len(self._pending)
+            ready = self._waiting and (len(self._waiting) >= room or self._stop or
+                                       time.monotonic() - self._waiting[0][2] >= self.hold_s)
+            if room <= 0 or not ready:
+                return []
+        admitted, self._waiting = self._waiting[:room], self._waiting[room:]
+        return [(request, future) for request, future, _ in admitted]
 
     def _run(self) -> None:
-        while not (self._stop and not self._pending):
+        while not (self._stop and not self._pending and not self._waiting):
             self._admit(self._arrivals())
             if not self.loop.active:
                 continue
@@ -231,7 +243,6 @@ class AskLoop:
             self._next_key += len(group)
         if not rows:
             return
-        self._last = len(rows)
         try:
             ended = self.loop.add(rows)
         except Exception as err:  # noqa: BLE001
@@ -241,8 +252,9 @@ class AskLoop:
                 if row.key not in active:
                     self._pending.pop(row.key)[0].set_exception(err)
             return
+        self._last = self.loop.active + len(ended)  # asks decoding together: gather the next burst if > 1
         if self.on_batch is not None:
-            self.on_batch(self.loop.active + len(ended))
+            self.on_batch(self._last)
         self._finish(ended)
 
     def _finish(self, ended: list[tuple[object, list[int]]]) -> None:
