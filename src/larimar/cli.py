@@ -7,6 +7,7 @@
     larimar forget ID --memory FILE [--model PATH]
     larimar facts --memory FILE
     larimar serve [--model PATH] [--db PATH|postgresql://...] [--host 127.0.0.1] [--port 8000]
+                  [--snapshot-every 100] [--snapshot-seconds 60]
     larimar train --config configs/train/NAME.yaml [--max-steps N] [--max-minutes M]
     larimar corpus [--out runs/corpus]
     larimar copy-eval --model PATH [--corpus runs/corpus]
@@ -347,6 +348,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot-every", type=int, default=None,
                         help="store a memory's whole state after this many changes (default 100); "
                              "each change in between stores only its log entry")
+    parser.add_argument("--snapshot-seconds", type=float, default=None,
+                        help="also store it once its oldest change not yet in a snapshot is this many seconds "
+                             "old (default 60; 0: only every --snapshot-every changes)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
 
@@ -357,7 +361,8 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     print(f"larimar serve: loading the model, then serving http://{args.host}:{args.port} "
           f"(API docs at /docs, web page at /; database {describe(args.db)})", file=sys.stderr)
-    serve(args.model, args.db, args.host, args.port, snapshot_every=args.snapshot_every)
+    serve(args.model, args.db, args.host, args.port, snapshot_every=args.snapshot_every,
+          snapshot_seconds=args.snapshot_seconds)
 
 
 # --------------------------------------------------------------------------------- eval

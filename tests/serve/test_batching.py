@@ -92,3 +92,35 @@ def _histogram(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...
     from tests.serve.test_observe import samples
 
     return samples(client)
+
+
+def test_ask_loop_answers_late_and_short_asks_like_ask_and_isolates_a_bad_one(lm: larimar.Larimar) -> None:
+    from larimar.serve.batching import AskLoop
+
+    memory = lm.new_memory()
+    memory.write(FACTS)
+    requests = [AskRequest(p, memory, n, t) for p, n, t in
+                [(PROMPTS[0], 9, None), (PROMPTS[1], 2, 0.0), (PROMPTS[3], 7, None), (PROMPTS[4], 1, 1.0),
+                 (PROMPTS[2], 5, 7.0), (PROMPTS[1], 8, None)]]  # threshold 7.0 is invalid
+    loop = AskLoop(lm, max_batch=3, wait_s=0.005)
+    got: dict[int, object] = {}
+
+    def submit(i: int) -> None:
+        time.sleep(0.05 * i)  # later asks join while earlier ones decode
+        try:
+            got[i] = loop.submit(requests[i])
+        except ValueError as err:
+            got[i] = err
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loop.close()
+    assert isinstance(got[4], ValueError) and "scope_threshold" in str(got[4])
+    for i, r in enumerate(requests):
+        if i != 4:
+            want = lm.ask(r.prompt, r.memory, max_new_tokens=r.max_new_tokens, scope_threshold=r.scope_threshold)
+            assert (got[i].text, got[i].in_scope, got[i].fact_id) == (want.text, want.in_scope, want.fact_id)  # type: ignore[union-attr]
+    assert loop.loop.active == 0

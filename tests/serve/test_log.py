@@ -179,3 +179,55 @@ def test_two_services_on_one_database_see_each_others_changes(make_app: AppFacto
 def test_snapshot_every_must_be_positive(make_app: AppFactory) -> None:
     with pytest.raises(ValueError, match="snapshot_every"):
         make_app(snapshot_every=0)
+
+
+def test_snapshots_by_age_with_an_injected_clock(lm: larimar.Larimar, tmp_path: Path) -> None:
+    """A memory written rarely is snapshotted once its oldest unsnapshotted change is old enough."""
+    from larimar.serve.config import Limits
+    from larimar.serve.postgres import open_store
+
+    db, now = tmp_path / "aged.db", [1000.0]
+    svc = MemoryService(lm, open_store(db), Limits(), snapshot_every=1000, snapshot_seconds=30.0,
+                        clock=lambda: now[0], ask_batch=1)
+
+    def heads() -> tuple[int, int]:
+        svc.flush()
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT snapshot_seq, head_seq FROM heads").fetchone()
+
+    try:
+        memory_id = svc.create("aged").memory.id
+        svc.write(memory_id, FACTS[:1], None)
+        now[0] += 20.0
+        svc.write(memory_id, FACTS[1:2], None)  # the oldest change is 20 s old: not yet
+        svc.snapshot_due()
+        assert heads() == (0, 2) and log_rows(db) == 2
+        now[0] += 10.0  # 30 s: due, without any further change
+        svc.snapshot_due()
+        assert heads() == (2, 2) and log_rows(db) == 0
+        svc.write(memory_id, FACTS[2:3], None)  # the age counts from this change, not the last snapshot
+        now[0] += 29.0
+        svc.snapshot_due()
+        assert heads() == (2, 3)
+        now[0] += 1.0
+        svc.write(memory_id, FACTS[3:4], None)  # a change may trigger it too
+        assert heads() == (4, 4) and log_rows(db) == 0
+        assert svc._memories[memory_id].tail == () and svc._memories[memory_id].since is None
+    finally:
+        svc.close()
+    again = service(TestClient(create_app_for(lm, db)))._memory(memory_id)
+    assert [f.text for f in again.facts()] == FACTS[:4]
+
+
+def create_app_for(lm: larimar.Larimar, db: Path):  # noqa: ANN201
+    from larimar.serve import ServeConfig
+    from larimar.serve.app import create_app
+
+    return create_app(ServeConfig(db=db, snapshot_seconds=0), lm)
+
+
+def test_snapshot_seconds_is_checked() -> None:
+    from larimar.serve import ServeConfig
+
+    with pytest.raises(ValueError, match="snapshot_seconds"):
+        ServeConfig(snapshot_seconds=-1)

@@ -36,9 +36,11 @@ import torch
 from torch import Tensor
 
 from ..model.chat import Question, chat_prompt
+from ..model.decoding import DecodeLoop, Row
 from ..model.larimar import CONFIG_FILE, LarimarModel
-from ..model.text import continuation_nll, generate
+from ..model.text import continuation_nll, decode_loop, generate, prompt_row
 from .easyedit import edit as easyedit_edit
+from .encoding import query_views
 from .longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, LongAnswer, SearchConfig
 from .longcontext import answer as answer_from_context
 from .memory import Memory
@@ -113,23 +115,43 @@ class Larimar:
         return Memory.load(self.model, path)
 
     # ----------------------------------------------------------------------------- queries
-    @torch.no_grad()
     def scope(self, prompt: str, memory: Memory | None = None, scope_threshold: float | None = None) -> ScopeDecision:
         """Decide from the prompt alone whether the memory answers it, and read it if so."""
-        _check_prompt(prompt)
+        [decision] = self.scope_many([prompt], [memory], scope_threshold)
+        return decision
+
+    @torch.no_grad()
+    def scope_many(self, prompts: Sequence[str], memories: Sequence[Memory | None],
+                   scope_threshold: float | None = None) -> list[ScopeDecision]:
+        """`scope` of each prompt with its memory (or None), their views embedded in one batch."""
+        for prompt in prompts:
+            _check_prompt(prompt)
         threshold = _threshold(scope_threshold, self.scope_threshold)
-        if memory is None or len(memory) == 0:
-            return ScopeDecision(False, None, None, None, None)
-        self._check_owner(memory)
-        match = self.detector.match(prompt, memory.items.embeddings, memory.item_text)
-        assert match is not None
-        row, similarity = match.row, match.similarity
-        fact_id = memory.items.owners[row]
-        if match.score < threshold:
-            return ScopeDecision(False, fact_id, similarity, match.score, None)
-        z = self.model.config.readout_scale * memory.recall([row])  # (1, C) float64
-        z = z.to(self.model.decoder.memory_map.weight.dtype)
-        return ScopeDecision(True, fact_id, similarity, match.score, z, self._sketch_tokens(memory.item_text(row)))
+        views = [query_views(p) if m is not None and len(m) else [] for p, m in zip(prompts, memories, strict=True)]
+        for memory, texts in zip(memories, views):
+            if texts:
+                self._check_owner(memory)  # type: ignore[arg-type]
+        flat = [text for texts in views for text in texts]
+        embedded = self.model.encoder.embed(flat) if flat else None  # (V, H)
+        out, at = [], 0
+        for memory, texts in zip(memories, views):
+            if not texts:
+                out.append(ScopeDecision(False, None, None, None, None))
+                continue
+            assert memory is not None and embedded is not None
+            match = self.detector.match(texts, embedded[at : at + len(texts)], memory.items.embeddings,
+                                        memory.item_text)
+            at += len(texts)
+            assert match is not None
+            fact_id = memory.items.owners[match.row]
+            if match.score < threshold:
+                out.append(ScopeDecision(False, fact_id, match.similarity, match.score, None))
+                continue
+            z = self.model.config.readout_scale * memory.recall([match.row])  # (1, C) float64
+            z = z.to(self.model.decoder.memory_map.weight.dtype)
+            out.append(ScopeDecision(True, fact_id, match.similarity, match.score, z,
+                                     self._sketch_tokens(memory.item_text(match.row))))
+        return out
 
     def _sketch_tokens(self, text: str) -> tuple[int, ...] | None:
         """The decoder ids a text's successor sketch holds (its tokens and the end token)."""
@@ -182,9 +204,29 @@ class Larimar:
         if len(memories) != len(questions):
             raise ValueError(f"got {len(memories)} memories for {len(questions)} questions; pass one per question")
         formatted = [chat_prompt(self.tokenizer, q) for q in questions]
-        decisions = [self.scope(asked, m, scope_threshold) for (_, asked), m in zip(formatted, memories)]
+        decisions = self.scope_many([asked for _, asked in formatted], memories, scope_threshold)
         texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
         return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
+
+    def reply_rows(self, questions: Sequence[Question], memories: Sequence[Memory | None], max_new_tokens: int = 64,
+                   scope_threshold: float | None = None, keys: Sequence[Any] | None = None,
+                   ) -> list[tuple[Row, ScopeDecision]]:
+        """Questions as rows of `reply_loop()`, with their scope decisions: decoding a row there and
+        passing its ids to `reply` gives `ask`'s answer (the service's continuous batching)."""
+        formatted = [chat_prompt(self.tokenizer, q) for q in questions]
+        decisions = self.scope_many([asked for _, asked in formatted], memories, scope_threshold)
+        keys = range(len(questions)) if keys is None else keys
+        return [(prompt_row(self.tokenizer, prompt, key, None if d.z is None else d.z[0], d.tokens, max_new_tokens,
+                            chat=True), d) for (prompt, _), d, key in zip(formatted, decisions, keys, strict=True)]
+
+    def reply_loop(self) -> DecodeLoop:
+        """A `DecodeLoop` for chat replies (`reply_rows`); it keeps the chat template's prefix states."""
+        return decode_loop(self.model.decoder, self.tokenizer, chat=True)
+
+    def reply(self, ids: Sequence[int], decision: ScopeDecision) -> Answer:
+        """The answer of a reply's generated ids."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return Answer(text.strip(), decision.in_scope, decision.fact_id, decision.similarity)
 
     def _decode(self, prompts: list[str], decisions: list[ScopeDecision], max_new_tokens: int,
                 batch_size: int, chat: bool) -> list[str]:

@@ -12,7 +12,7 @@ Symbols: N items, S keys per item (2), V query views, H embedding size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,6 @@ from torch import Tensor
 
 from ..model.larimar import LarimarModel
 from ..model.scope import PairFeatures, probability
-from .encoding import query_views
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,9 @@ class Match:
 
 
 class ScopeDetector:
-    """Scores queries against written items with a model's encoder (and its trained detector)."""
+    """Scores a query's views against written items (with the model's trained detector, if any)."""
 
     def __init__(self, model: LarimarModel) -> None:
-        self.encoder = model.encoder
         self.config = model.config.scope
         self.features = PairFeatures(model.tokenizer) if self.config is not None else None
 
@@ -49,14 +47,22 @@ class ScopeDetector:
         return self.config is not None
 
     @torch.no_grad()
-    def match(self, query: str, keys: Tensor, text_of: Callable[[int], str]) -> Match | None:
-        """The best item for `query` among items with scope keys (N, S, H); `text_of(row)` gives
-        an item's text. None when there are no items."""
+    def match(self, views: Sequence[str], embedded: Tensor, keys: Tensor,
+              text_of: Callable[[int], str]) -> Match | None:
+        """The best item for a query among items with scope keys (N, S, H).
+
+        Args:
+            views: the query's views (`encoding.query_views`).
+            embedded: (V, H) their unit sentence embeddings (`encoder.embed`).
+            keys: the items' scope keys.
+            text_of: an item row's text.
+
+        Returns:
+            The best match, or None when there are no items.
+        """
         if keys.shape[0] == 0:
             return None
-        views = query_views(query)
-        embedded = self.encoder.embed(views).to(keys)  # (V, H)
-        cos = torch.einsum("nsh,vh->nvs", keys, embedded)  # (N, V, S)
+        cos = torch.einsum("nsh,vh->nvs", keys, embedded.to(keys))  # (N, V, S)
         best = cos.amax(dim=(1, 2))  # (N,)
         if self.config is None or self.features is None:
             row = int(best.argmax())

@@ -53,3 +53,22 @@ def chat_prompt(tokenizer: Any, question: Question) -> tuple[str, str]:
     else:
         prompt = "\n".join(m["content"] for m in messages) + "\n"
     return prompt, messages[-1]["content"]
+
+
+_PREFIXES: dict[int, tuple[Any, tuple[int, ...]]] = {}
+
+
+def template_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The token ids every single-question chat prompt of this tokenizer starts with (the
+    template's system turn and the user turn's header), without their last token, whose
+    merges could depend on the question; () without a chat template."""
+    cached = _PREFIXES.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        ids = [tokenizer(chat_prompt(tokenizer, q)[0], add_special_tokens=False)["input_ids"]
+               for q in ("Who?", "where is 7 from", "  Hello there.")]
+        n = 0
+        while all(len(x) > n for x in ids) and len({x[n] for x in ids}) == 1:
+            n += 1
+        prefix = tuple(ids[0][: n - 1]) if n > 1 and getattr(tokenizer, "chat_template", None) else ()
+        cached = _PREFIXES[id(tokenizer)] = (tokenizer, prefix)
+    return cached[1]

@@ -19,32 +19,48 @@ class LateFusion:
         """The decoder's input embeddings scaled to unit rows (V, H), cached while they do not
         change (normalising the whole table at every step cost a third of a generation)."""
         weight = self.decoder.get_input_embeddings().weight
-        key = (weight.data_ptr(), weight._version, weight.device, dtype)
-        cached = getattr(self, "_unit_table", None)
+        return self._cached("_unit_table", weight, dtype, lambda w: F.normalize(w, dim=-1))
+
+    def _head_norms(self, weight: Tensor) -> Tensor:
+        """Row norms (V,) of the output head's weight, cached like `_unit_embeddings`."""
+        return self._cached("_head_norm", weight, weight.dtype, lambda w: w.norm(dim=-1))
+
+    def _cached(self, name: str, weight: Tensor, dtype: torch.dtype, make) -> Tensor:  # noqa: ANN001
+        """make(weight in dtype), recomputed only when the weight changes (always while training it)."""
         if torch.is_grad_enabled() and weight.requires_grad:
-            return F.normalize(weight.to(dtype), dim=-1)
+            return make(weight.to(dtype))
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        cached = getattr(self, name, None)
         if cached is None or cached[0] != key:
-            cached = (key, F.normalize(weight.detach().to(dtype), dim=-1))
-            self._unit_table = cached
+            cached = (key, make(weight.detach().to(dtype)))
+            setattr(self, name, cached)
         return cached[1]
 
-    def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None) -> Tensor:
+    def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None, mask: Tensor | None = None,
+                      scale: Tensor | None = None) -> Tensor:
         """How much of what the copy term points at the text already holds, at each position.
 
         embeds (B, T, H) are the input embeddings of consecutive positions, z (B, C); past
-        (B, 1) is the value at the position before them. Returns (B, T, 1): the running maximum
+        (B, 1) is the value at the position before them; mask (B, T), if given, leaves padding
+        out; scale (B,) is `copy_scale(z)` when known. Returns (B, T, 1): the running maximum
         over positions of the cosine between an input token's embedding and U z.
         """
         direction = self.memory_map(self._code(z).to(embeds.dtype))[:, None, :]  # (B, 1, H)
         cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
         if self.config.copy_seen_relative:
-            table = self._unit_embeddings(embeds.dtype)  # (V, H)
-            best = (table @ F.normalize(direction[:, 0], dim=-1).T).amax(0)  # (B,)
-            cos = cos / best.clamp_min(1e-6)[:, None]
+            cos = cos / (self.copy_scale(z, embeds.dtype) if scale is None else scale)[:, None]
+        if mask is not None:
+            cos = cos.masked_fill(mask == 0, float("-inf"))
         run = torch.cummax(cos, dim=1).values
         if past is not None:
             run = torch.maximum(run, past.to(run))
         return run.unsqueeze(-1)
+
+    def copy_scale(self, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B,) the best cosine any token embedding reaches with U z (what relative coverage divides by)."""
+        direction = self.memory_map(self._code(z).to(dtype))  # (B, H)
+        best = (self._unit_embeddings(dtype) @ F.normalize(direction, dim=-1).T).amax(0)  # (B,)
+        return best.clamp_min(1e-6)
 
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
                      tokens: Tensor | None = None, previous: Tensor | None = None,
@@ -84,8 +100,10 @@ class LateFusion:
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
         copy = direction * (2 * torch.sigmoid(gate))
         weight = head.weight  # (V, H)
-        copied = (copy @ weight.T) / weight.norm(dim=-1).clamp_min(1e-6)  # (..., V)
-        logits = head(mixed)
+        # both products with the (V, H) table in one matrix product: one pass over the table
+        both = torch.stack([mixed, copy]) @ weight.T  # (2, ..., V)
+        copied = both[1] / self._head_norms(weight).clamp_min(1e-6)  # (..., V)
+        logits = both[0] if head.bias is None else both[0] + head.bias
         cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
             if previous is None:

@@ -87,6 +87,16 @@ def previous_tokens(ids: Tensor, mask: Tensor | None = None) -> Tensor:
     return prev
 
 
+def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) -> Tensor | None:
+    """(N, M) token ids per row, each row padded by repeating its first id; None stays None."""
+    if rows is None:
+        return None
+    if any(not r for r in rows):
+        raise ValueError("every row of candidates needs at least one token id")
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
 class SuccessorScorer:
     """Scores every vocabulary token as the successor of the current token under a sketch.
 

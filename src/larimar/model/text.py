@@ -25,7 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .chat import template_prefix
 from .conditioning import MemoryConditionedDecoder
+from .decoding import DecodeLoop, Row, supports
+from .sequence import candidate_ids
 
 
 def join_continuation(prompt: str, continuation: str) -> str:
@@ -84,16 +87,6 @@ def encode_pairs(
             raise ValueError(f"continuation {cont!r} adds no scorable token to prompt {prompt!r}")
         pairs.append((full, start))
     return pairs
-
-
-def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) -> Tensor | None:
-    """(N, M) token ids per row, each row padded by repeating its first id; None stays None."""
-    if rows is None:
-        return None
-    if any(not r for r in rows):
-        raise ValueError("every row of candidates needs at least one token id")
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def _check_z(z: Tensor | None, n: int) -> None:
@@ -217,6 +210,20 @@ def continuation_nll(
     return [-s.log_probs.mean().item() for s in scored]
 
 
+def prompt_row(tokenizer: Any, prompt: str, key: Any = 0, z: Tensor | None = None,
+               candidates: Sequence[int] | None = None, max_new_tokens: int = 20, chat: bool = False) -> Row:
+    """A prompt as a row of a `DecodeLoop` (see `generate` for the arguments; z (C,) or None)."""
+    ids = _ids(tokenizer, prompt, special_tokens=not chat)
+    if not ids:
+        raise ValueError("cannot generate from an empty prompt")
+    return Row(key, tuple(ids), z, None if candidates is None else tuple(candidates), max_new_tokens)
+
+
+def decode_loop(decoder: MemoryConditionedDecoder, tokenizer: Any, chat: bool = False) -> DecodeLoop:
+    """The `DecodeLoop` that `generate` decodes with (chat prompts share their template's prefix)."""
+    return DecodeLoop(decoder, tokenizer.eos_token_id, reply_start=chat, prefix=template_prefix(tokenizer) if chat else None)
+
+
 @torch.no_grad()
 def generate(
     decoder: MemoryConditionedDecoder,
@@ -230,8 +237,10 @@ def generate(
 ) -> list[str]:
     """Greedy continuations of each prompt, without the prompt, special tokens dropped.
 
-    Batches are left-padded; a row stops at the tokenizer's eos token (or after
-    `max_new_tokens`). With z=None this gives the base model's greedy `generate`.
+    At most `batch_size` rows decode together (`decoding.DecodeLoop`: a row leaves the batch as
+    it ends and the next prompt joins; chat prompts share their template's prefix states); a row
+    stops at the tokenizer's eos token (or after `max_new_tokens`). With z=None this gives the
+    base model's greedy `generate`. Decoders with sliding-window layers decode fixed batches.
 
     Args:
         z: (N, C) one readout per prompt, or None.
@@ -246,12 +255,17 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     _check_z(z, len(prompts))
     device, pad = _device(decoder), pad_id(tokenizer)
+    if supports(decoder):
+        todo = [prompt_row(tokenizer, p, i, None if z is None else z[i], None if candidates is None else candidates[i],
+                           max_new_tokens, chat) for i, p in enumerate(prompts)]
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in decode_loop(decoder, tokenizer, chat).run(
+            todo, batch_size)]
+    rows = [_ids(tokenizer, p, special_tokens=not chat) for p in prompts]
+    if any(not ids for ids in rows):
+        raise ValueError("cannot generate from an empty prompt")
     texts: list[str] = []
     for b in range(0, len(prompts), batch_size):
-        rows = [_ids(tokenizer, p, special_tokens=not chat) for p in prompts[b : b + batch_size]]
-        if any(not ids for ids in rows):
-            raise ValueError("cannot generate from an empty prompt")
-        input_ids, mask = _left_padded(rows, pad, device)
+        input_ids, mask = _left_padded(rows[b : b + batch_size], pad, device)
         z_chunk = None if z is None else z[b : b + batch_size]
         sequences = decoder.generate(
             input_ids, mask, z=z_chunk, max_new_tokens=max_new_tokens,

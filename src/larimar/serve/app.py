@@ -54,7 +54,8 @@ def create_app(config: ServeConfig, lm: Larimar | None = None) -> FastAPI:
     store = open_store(config.db)  # first: a bad --db fails before the model loads
     lm = load(config.model) if lm is None else lm
     service = MemoryService(lm, store, config.limits, config.admin_key, snapshot_every=config.snapshot_every,
-                            ask_batch=config.ask_batch, ask_wait_ms=config.ask_wait_ms)
+                            ask_batch=config.ask_batch, ask_wait_ms=config.ask_wait_ms,
+                            snapshot_seconds=config.snapshot_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

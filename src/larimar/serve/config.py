@@ -52,6 +52,9 @@ class ServeConfig:
     snapshot_every: int = 100
     """A memory's state is stored anew (a snapshot) after this many changes; between snapshots a
     change stores only its log entry, and loading replays at most this many."""
+    snapshot_seconds: float = 60.0
+    """A memory's state is also stored once its oldest change not in a snapshot is this many seconds
+    old (checked about every second), so a memory written rarely is not left as a long log; 0: by count only."""
     ask_batch: int = 8
     """Most concurrent asks decoded together (1: no batching)."""
     ask_wait_ms: float = 10.0
@@ -61,6 +64,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.snapshot_every, int) or self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive integer; got {self.snapshot_every!r}")
+        if isinstance(self.snapshot_seconds, bool) or not isinstance(self.snapshot_seconds, int | float) \
+                or not 0 <= self.snapshot_seconds <= 86400:
+            raise ValueError(f"snapshot_seconds must be in [0, 86400] (0: by count only); got {self.snapshot_seconds!r}")
         if not isinstance(self.ask_batch, int) or self.ask_batch < 1:
             raise ValueError(f"ask_batch must be a positive integer; got {self.ask_batch!r}")
         if not 0 <= self.ask_wait_ms <= 1000:

@@ -15,7 +15,7 @@ ADMIN_KEY_ENV = "LARIMAR_ADMIN_KEY"
 
 
 def serve(model: Path | None, db: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          snapshot_every: int | None = None, json_logs: bool = True) -> None:
+          snapshot_every: int | None = None, json_logs: bool = True, snapshot_seconds: float | None = None) -> None:
     """Open the database, load the model once and serve until interrupted.
 
     `db` is a SQLite file path or a `postgresql://` URL; anything else raises `DatabaseError`.
@@ -29,7 +29,9 @@ def serve(model: Path | None, db: str | Path, host: str = "127.0.0.1", port: int
 
     if json_logs:
         configure_json_logs()
-    extra = {} if snapshot_every is None else {"snapshot_every": snapshot_every}
+    extra: dict[str, float] = {} if snapshot_every is None else {"snapshot_every": snapshot_every}
+    if snapshot_seconds is not None:
+        extra["snapshot_seconds"] = snapshot_seconds
     config = ServeConfig(db=db, model=model, admin_key=os.environ.get(ADMIN_KEY_ENV) or None, **extra)
     app = create_app(config)
     logger.info("serving http://%s:%d (docs at /docs, page at /, metrics at /metrics); database %s",

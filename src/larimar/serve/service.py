@@ -7,14 +7,16 @@ update: encoded items, or the fact forgotten) and its audit rows in one transact
 replaces the cached memory: readers always see a consistent, committed memory and never wait for
 writers. Changes to one memory are serialised by its lock in this process and by the database
 across processes. Before each use the cache is checked against the memory's head in the
-database, so a replica sharing the database replays what others wrote. Every `snapshot_every`
-log entries a background thread stores a new snapshot and drops the log before it.
+database, so a replica sharing the database replays what others wrote. Once a memory has
+`snapshot_every` log entries after its snapshot, or its oldest one is `snapshot_seconds` old, a
+background thread stores a new snapshot and drops the log before it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from . import auth
 from .config import Limits
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
-from .batching import AskRequest, Batcher, larimar_ask_many
+from .batching import AskRequest, ask_engine, larimar_ask_many
 from .storage import FactRow, MemoryRow, Store
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class Cached:
     seq: int
     tail: tuple[int, ...]
     """Log entries replayed since its snapshot."""
+    since: float | None = None
+    """Clock time at which the oldest entry of `tail` was cached (None while `tail` is empty)."""
 
 
 AskMany = Callable[[Sequence[AskRequest]], list[Answer]]
@@ -88,26 +92,36 @@ class MemoryService:
     Args:
         snapshot_every: store a new snapshot (and drop the log before it) once a memory has this
             many log entries after its snapshot; loading replays at most about this many.
+        snapshot_seconds: also once its oldest log entry after the snapshot was cached this many
+            seconds ago (checked after each change and by a background timer; 0: only by count).
+        clock: monotonic seconds (tests pass a fake one and call `snapshot_due`).
         ask_batch: most asks decoded together (1: each ask decodes alone).
         ask_wait_ms: how long the first ask of a batch waits for others to join it.
-        ask_many: answers a batch of asks (default `batching.larimar_ask_many(lm)`).
+        ask_many: answers a batch of asks (given: a `Batcher` runs it; default: continuous batching,
+            `batching.AskLoop`).
     """
 
     def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
                  snapshot_every: int = 100, ask_batch: int = 8, ask_wait_ms: float = 10.0,
-                 ask_many: AskMany | None = None) -> None:
+                 ask_many: AskMany | None = None, snapshot_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive number of log entries; got {snapshot_every}")
+        if not snapshot_seconds >= 0:
+            raise ValueError(f"snapshot_seconds must be >= 0 (0: snapshots by count only); got {snapshot_seconds}")
         self.lm, self.store, self.limits, self.admin_key = lm, store, limits, admin_key
-        self.snapshot_every = snapshot_every
+        self.snapshot_every, self.snapshot_seconds, self._clock = snapshot_every, snapshot_seconds, clock
         self._memories: dict[str, Cached] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
         self._verified = auth.VerifiedKeys()
         self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="larimar-snapshot")
         self._snapshotting: set[str] = set()
+        self._closing = threading.Event()
+        if snapshot_seconds > 0:
+            threading.Thread(target=self._snapshot_timer, name="larimar-snapshot-timer", daemon=True).start()
         self.ask_many = ask_many or larimar_ask_many(lm)
-        self._asks = Batcher(self.ask_many, max_batch=ask_batch, wait_s=ask_wait_ms / 1000) if ask_batch > 1 else None
+        self._asks = ask_engine(lm, ask_many, ask_batch, ask_wait_ms / 1000)
 
     def observe_batches(self, observer: Callable[[int], None]) -> None:
         """Call `observer` with the size of each batch of asks decoded together (metrics)."""
@@ -116,6 +130,7 @@ class MemoryService:
 
     def close(self) -> None:
         """Finish pending snapshots, stop the ask batcher and close the database connections."""
+        self._closing.set()
         self._snapshots.shutdown(wait=True)
         if self._asks is not None:
             self._asks.close()
@@ -228,7 +243,7 @@ class MemoryService:
             except LookupError as err:
                 self._cache(memory_id, None)
                 raise NotFound(f"no memory {memory_id}") from err
-            self._cache(memory_id, Cached(memory, seq, (*cached.tail, seq)))
+            self._cache(memory_id, self._appended(cached, memory, seq))
         self._maybe_snapshot(memory_id)
         logger.debug("memory %s: wrote %d facts", memory_id, len(rows))
         return rows
@@ -256,7 +271,7 @@ class MemoryService:
             except LookupError as err:
                 self._cache(memory_id, None)
                 raise NotFound(f"no memory {memory_id}") from err
-            self._cache(memory_id, Cached(memory, seq, (*cached.tail, seq)))
+            self._cache(memory_id, self._appended(cached, memory, seq))
         self._maybe_snapshot(memory_id)
         return FactRow(logged.id, logged.text, logged.created, when, logged.paraphrases)
 
@@ -364,7 +379,12 @@ class MemoryService:
         seq = loaded.entries[-1].seq if loaded.entries else max(base.seq, loaded.snapshot_seq)
         if loaded.entries:
             logger.debug("memory %s: replayed %d log entries up to %d", memory_id, len(loaded.entries), seq)
-        return Cached(memory, seq, (*base.tail, *(e.seq for e in loaded.entries)))
+        tail = (*base.tail, *(e.seq for e in loaded.entries))
+        return Cached(memory, seq, tail, base.since if base.tail else self._clock() if tail else None)
+
+    def _appended(self, cached: Cached, memory: Memory, seq: int) -> Cached:
+        """`memory` after log entry `seq`, which followed `cached`."""
+        return Cached(memory, seq, (*cached.tail, seq), cached.since if cached.tail else self._clock())
 
     def _cache(self, memory_id: str, cached: Cached | None) -> None:
         with self._guard:
@@ -373,10 +393,27 @@ class MemoryService:
             else:
                 self._memories[memory_id] = cached
 
+    def snapshot_due(self) -> None:
+        """Schedule the snapshots now due by count or by age (the timer calls this every second or so)."""
+        for memory_id in list(self._memories):
+            self._maybe_snapshot(memory_id)
+
+    def _snapshot_timer(self) -> None:
+        while not self._closing.wait(min(1.0, self.snapshot_seconds)):
+            try:
+                self.snapshot_due()
+            except Exception:  # noqa: BLE001  (the timer must survive; the log keeps every change)
+                logger.exception("scheduling snapshots failed")
+
     def _maybe_snapshot(self, memory_id: str) -> None:
-        """Schedule a snapshot once the memory has `snapshot_every` log entries after its last one."""
+        """Schedule a snapshot once the memory has `snapshot_every` log entries after its last one,
+        or its oldest such entry is `snapshot_seconds` old."""
         cached = self._memories.get(memory_id)
-        if cached is None or len(cached.tail) < self.snapshot_every:
+        if cached is None or not cached.tail:
+            return
+        aged = self.snapshot_seconds > 0 and cached.since is not None and \
+            self._clock() - cached.since >= self.snapshot_seconds
+        if len(cached.tail) < self.snapshot_every and not aged:
             return
         with self._guard:
             if memory_id in self._snapshotting:
@@ -399,7 +436,8 @@ class MemoryService:
             with self._guard:
                 now = self._memories.get(memory_id)
                 if now is not None:
-                    self._memories[memory_id] = Cached(now.memory, now.seq, tuple(s for s in now.tail if s > cached.seq))
+                    tail = tuple(s for s in now.tail if s > cached.seq)
+                    self._memories[memory_id] = Cached(now.memory, now.seq, tail, self._clock() if tail else None)
         except Exception:  # a failed snapshot loses nothing: the log still holds every change
             logger.exception("memory %s: snapshot failed; the log keeps every change, it will be retried", memory_id)
         finally:
