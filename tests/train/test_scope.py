@@ -1,0 +1,104 @@
+"""The scope stage of `larimar train` (`larimar.train.scope`), on tiny models and fixtures."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from larimar.model import LarimarModel
+from larimar.model.scope import ScopeConfig, words
+from larimar.train.config import ExportConfig
+from larimar.train.scope import (
+    QUESTIONS,
+    SCOPE_FILE,
+    ScopeTrainConfig,
+    build_pairs,
+    fit_network,
+    relation,
+    templated_pairs,
+    train_scope,
+)
+from tests.editing.tiny_shipped import shipped_config
+
+PLACES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Quito"]
+
+
+def records(n: int = 24) -> list[dict[str, str]]:
+    """Flat CounterFact-style records over three relations."""
+    forms = ["{} is located in", "The mother tongue of {} is", "{}, the"]
+    out = []
+    for i in range(n):
+        subject = f"Subject{i} Tower"
+        prompt = forms[i % 3].format(subject)
+        out.append({"case_id": i, "subject": subject, "prompt": prompt, "target_new": PLACES[i % 6],
+                    "ground_truth": "x", "rephrase_prompt": f"Everyone knows that {prompt}",
+                    "locality_prompt": forms[i % 3].format(f"Other{i} Bridge"), "locality_ground_truth": "y"})
+    return out
+
+
+def test_relations_give_question_forms() -> None:
+    located = relation("{} is located in")
+    assert located is not None and "Where is {} located?" in QUESTIONS[located][1]
+    language = relation("The mother tongue of {} is")
+    assert language is not None and "What language does {} speak?" in QUESTIONS[language][1]
+    assert relation("{}, the") is None
+
+
+def test_pairs_label_queries_about_the_fact() -> None:
+    recs = records()
+    pairs = build_pairs(recs, seed=0)
+    fact = "Subject0 Tower is located in Paris."
+    own = {(q, label) for q, f, label, case in pairs if case == 0}
+    assert all(f == fact for _, f, _, case in pairs if case == 0)
+    assert ("Subject0 Tower is located in", 1) in own and ("Other0 Bridge is located in", 0) in own
+    assert ("Where is Subject0 Tower located?", 1) in own
+    assert not any(label == 0 and "Subject0 " in q for q, label in own)
+    assert any(label == 0 and "Paris" in q and q.endswith("?") for q, label in own)  # about the answer
+    assert not any(q.endswith("?") for q, _, _, case in pairs if case == 2 and _ == 1)  # "{}, the": no questions
+
+
+def test_templated_pairs_ask_about_their_own_names() -> None:
+    pairs = templated_pairs(random.Random(0), 50, first_case=100)
+    assert {case for *_, case in pairs} <= set(range(100, 150))
+    assert {label for *_, label, _ in pairs} == {0, 1}
+    for query, fact, label, _ in pairs:
+        if label:  # a question about the fact names its person, department or meeting
+            shared = set(words(query.lower())) & set(words(fact.lower()))
+            assert any(len(w) > 3 and w not in {"what", "which", "where"} for w in shared), (query, fact)
+
+
+def test_the_network_fits_a_separable_rule() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 10, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] - x[:, 6] > 0).double()
+    config = ScopeConfig(**fit_network(x, y, hidden=4, l2=1e-4, seed=0))
+    from larimar.model.scope import probability
+
+    assert float(((probability(config, x) >= 0.5).double() == y).double().mean()) > 0.97
+
+
+def test_train_scope_writes_a_detector_that_export_puts_in_the_config(tmp_path: Path) -> None:
+    config = shipped_config(tmp_path / "base")
+    model = LarimarModel.from_config(config)
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps(records(30)))
+    report = train_scope(ScopeTrainConfig(data=str(data), cases=30, templated=20, hidden=4), model.encoder,
+                         model.tokenizer, tmp_path / "run", seed=0)
+    written = json.loads((tmp_path / "run" / SCOPE_FILE).read_text())
+    assert written == json.loads(json.dumps(report))
+    assert 0.0 <= written["validation"]["accuracy"]["all"] <= 1.0 and written["pairs"]["validate"] > 0
+    exported = ExportConfig().model_config(config, written["scope"])
+    assert isinstance(exported.scope, ScopeConfig) and len(exported.scope.b1) == 4
+
+
+def test_scope_stage_errors_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scope.data is not set"):
+        train_scope(ScopeTrainConfig(), None, None, tmp_path, 0)
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        train_scope(ScopeTrainConfig(data=str(tmp_path / "missing.json")), None, None, tmp_path, 0)
+    with pytest.raises(ValueError, match="hidden >= 1"):
+        ScopeTrainConfig(hidden=0)
