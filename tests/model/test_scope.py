@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from larimar.model.scope import FEATURES, PairFeatures, ScopeConfig, probability, same_word, words
+from larimar.model.scope import (
+    FEATURES,
+    PairFeatures,
+    ScopeConfig,
+    probability,
+    same_word,
+    words,
+)
 from tests.tiny import bpe_tokenizer
 
 

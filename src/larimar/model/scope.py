@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -71,7 +71,7 @@ class ScopeConfig:
 
 def logits(config: ScopeConfig, features: Tensor) -> Tensor:
     """(n,) log-odds that each query is about its text, from (n, F) features."""
-    as_tensor = lambda v: torch.tensor(v, dtype=features.dtype, device=features.device)  # noqa: E731
+    as_tensor = lambda v: torch.tensor(v, dtype=features.dtype, device=features.device)
     hidden = torch.tanh(features @ as_tensor(config.w1).T + as_tensor(config.b1))  # (n, hidden)
     return hidden @ as_tensor(config.w2) + config.b2
 
@@ -88,7 +88,7 @@ def words(text: str) -> list[str]:
 
 def _norm(word: str) -> str:
     word = word.lower()
-    return word[:-2] if word.endswith("'s") else word
+    return word.removesuffix("'s")
 
 
 def same_word(a: str, b: str, exact: bool = False) -> bool:
