@@ -19,7 +19,7 @@ def tiny_config(root: Path) -> LarimarConfig:
     return LarimarConfig(
         encoder=str(enc_dir), decoder=str(dec_dir),
         memory=MemoryConfig(slots=32, code_size=CODE_SIZE),
-        conditioning=ConditioningConfig(code_size=CODE_SIZE, init_std=2.0),
+        conditioning=ConditioningConfig(code_size=CODE_SIZE, mode="kv", embedding_offset=True, init_std=2.0),
         encoder_max_length=16, readout_scale=3.0, scope_threshold=0.9,
     )
 

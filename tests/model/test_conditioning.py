@@ -71,9 +71,9 @@ ARCHS = {
     "gemma3_eager": lambda: Gemma3ForCausalLM(_gemma3_config(attn_implementation="eager")),
 }
 MODES = {
-    "kv": dict(mode="kv", slots=2),
-    "kv_shared": dict(mode="kv", share_key_value=True),
-    "prefix": dict(mode="prefix", prefix_length=3),
+    "kv": dict(mode="kv", slots=2, embedding_offset=True),
+    "kv_shared": dict(mode="kv", share_key_value=True, embedding_offset=True),
+    "prefix": dict(mode="prefix", prefix_length=3, embedding_offset=True),
     "output": dict(mode="output", embedding_offset=False, fusion_hidden=16),
 }
 
@@ -133,7 +133,7 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="slots"):
         ConditioningConfig(code_size=4, slots=0)
     with pytest.raises(ValueError, match="embedding_offset: false"):
-        ConditioningConfig(code_size=4, mode="output")
+        ConditioningConfig(code_size=4, mode="output", embedding_offset=True)
     with pytest.raises(ValueError, match="fusion_hidden"):
         ConditioningConfig(code_size=4, mode="output", embedding_offset=False, fusion_hidden=0)
 
@@ -156,7 +156,8 @@ def test_output_mode_starts_as_the_base_model_and_caches_states(arch: str) -> No
 
 
 def test_copy_term_scores_tokens_by_cosine() -> None:
-    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), ConditioningConfig(code_size=CODE, **MODES["output"]))
+    config = ConditioningConfig(code_size=CODE, **MODES["output"], copy_seen_relative=False, copy_seen_threshold=0.6)
+    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config)
     weight = model.decoder.get_output_embeddings().weight  # (V, H)
     target = 17
     with torch.no_grad():
@@ -197,7 +198,7 @@ def test_relative_coverage_does_not_depend_on_how_clean_the_readout_is() -> None
 
 
 def test_fused_logits_need_output_mode() -> None:
-    model = condition(make_decoder("llama_gqa"))
+    model = condition(make_decoder("llama_gqa"), **MODES["kv"])
     with pytest.raises(ValueError, match="output"):
         model.fused_logits(torch.zeros(1, 32), code(1))
 
@@ -216,8 +217,8 @@ def test_decoder_shape(arch_name: str, expected: DecoderShape) -> None:
 
 def test_kv_map_width_follows_gqa_and_sharing() -> None:
     decoder = make_decoder("llama_gqa")
-    separate = MemoryConditionedDecoder(decoder, ConditioningConfig(code_size=CODE, slots=3))
-    shared_config = ConditioningConfig(code_size=CODE, slots=3, share_key_value=True)
+    separate = MemoryConditionedDecoder(decoder, ConditioningConfig(code_size=CODE, mode="kv", slots=3))
+    shared_config = ConditioningConfig(code_size=CODE, mode="kv", slots=3, share_key_value=True)
     shared = MemoryConditionedDecoder(decoder, shared_config)
     assert separate.memory_map.weight.shape == (2 * 2 * 3 * 2 * 8, CODE)  # L * (k, v) * S * G * D
     assert shared.memory_map.weight.shape == (2 * 1 * 3 * 2 * 8, CODE)
@@ -351,7 +352,7 @@ def test_lora_targets_are_inferred(arch: str) -> None:
 
 
 def test_trainable_parts() -> None:
-    model = condition(make_decoder("llama_gqa"), lora_rank=2)
+    model = condition(make_decoder("llama_gqa"), **MODES["kv"], lora_rank=2)
     maps = {model.memory_map.weight, model.offset_map.weight}
     model.set_trainable("adapter")
     assert set(model.trainable_parameters()) == maps
@@ -362,7 +363,7 @@ def test_trainable_parts() -> None:
     model.set_trainable("full")
     assert len(model.trainable_parameters()) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="lora_rank"):
-        condition(make_decoder("llama_gqa")).set_trainable("lora")
+        condition(make_decoder("llama_gqa"), **MODES["kv"]).set_trainable("lora")
 
 
 @pytest.mark.parametrize("arch_name", ["gpt2", "gemma3"])

@@ -169,7 +169,7 @@ def test_config_checks_the_widths() -> None:
                       conditioning=ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False,
                                                       sequence_size=SEQ))
     with pytest.raises(ValueError, match='mode "output"'):
-        ConditioningConfig(code_size=CODE, sequence_size=SEQ)
+        ConditioningConfig(code_size=CODE, mode="kv", embedding_offset=True, sequence_size=SEQ)
     with pytest.raises(ValueError, match="sequence_threshold"):
         ConditioningConfig(code_size=CODE, mode="output", embedding_offset=False, sequence_size=8,
                            sequence_threshold=1.5)

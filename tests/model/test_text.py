@@ -23,7 +23,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def decoder(tokenizer) -> MemoryConditionedDecoder:
-    model = MemoryConditionedDecoder(llama(tokenizer).double(), ConditioningConfig(code_size=CODE, init_std=2.0))
+    model = MemoryConditionedDecoder(llama(tokenizer).double(), ConditioningConfig(code_size=CODE, mode="kv", embedding_offset=True, init_std=2.0))
     torch.manual_seed(3)
     with torch.no_grad():
         model.offset_map.weight.normal_()

@@ -139,7 +139,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
 
 def test_other_configurations_are_refused(tmp_path):
     config = make_config(tmp_path)
-    config.model.conditioning = ConditioningConfig(code_size=CODE)
+    config.model.conditioning = ConditioningConfig(code_size=CODE, mode="kv", embedding_offset=True)
     assert not config.uses_cached_states
     with pytest.raises(ValueError, match="output"):
         FusionTrainer(config, make_model(), (SENTENCES, SENTENCES))

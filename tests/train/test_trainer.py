@@ -19,7 +19,8 @@ def make_model(trainable="adapter", lora_rank=0, encoder_trainable=False, seed=0
     enc_tok, dec_tok = tiny.bert_tokenizer(), tiny.bpe_tokenizer()
     cfg = LarimarConfig(
         memory=MemoryConfig(slots=8, code_size=16, read_std_init=0.01),
-        conditioning=ConditioningConfig(code_size=16, lora_rank=lora_rank, trainable=trainable, init_std=0.5),
+        conditioning=ConditioningConfig(code_size=16, mode="kv", embedding_offset=True, lora_rank=lora_rank,
+                                        trainable=trainable, init_std=0.5),
         encoder_trainable=encoder_trainable,
     )
     return LarimarModel.from_modules(cfg, tiny.bert(enc_tok), enc_tok, tiny.llama(dec_tok), dec_tok)
@@ -77,7 +78,8 @@ def test_checkpoints_are_pruned_and_resumable(tmp_path):
 def test_saved_model_reloads_with_identical_outputs(tmp_path):
     enc_dir, dec_dir = tiny.save_base_models(tmp_path)
     cfg = LarimarConfig(encoder=str(enc_dir), decoder=str(dec_dir), memory=MemoryConfig(slots=8, code_size=16),
-                        conditioning=ConditioningConfig(code_size=16, lora_rank=2, trainable="lora", init_std=0.5))
+                        conditioning=ConditioningConfig(code_size=16, mode="kv", embedding_offset=True, lora_rank=2,
+                                                            trainable="lora", init_std=0.5))
     model = LarimarModel.from_config(cfg)
     with torch.no_grad():
         model.decoder.offset_map.weight.normal_()

@@ -13,15 +13,17 @@ class ConditioningConfig:
 
     code_size: int
     """Width C of the memory readout z."""
-    mode: ConditioningMode = "kv"
-    """"kv": extra key/value slots in every layer (paper); "prefix": soft prefix embeddings;
-    "output": late fusion into the final hidden state (the decoder's states stay the base's)."""
+    mode: ConditioningMode = "output"
+    """"output": late fusion into the final hidden state (the decoder's states stay the base's;
+    the built-in model); "kv": extra key/value slots in every layer (paper); "prefix": soft
+    prefix embeddings."""
     slots: int = 1
     """Memory key/value slots S per layer (mode "kv")."""
     prefix_length: int = 4
     """Soft prefix embeddings P (mode "prefix")."""
-    embedding_offset: bool = True
-    """Add a linear map of z (zero-initialised) to every input token embedding."""
+    embedding_offset: bool = False
+    """Add a linear map of z (zero-initialised) to every input token embedding (modes "kv" and
+    "prefix" only)."""
     share_key_value: bool = False
     """Use one vector as both key and value of a slot, as the reference code does (mode "kv")."""
     init_std: float = 0.02
@@ -36,10 +38,10 @@ class ConditioningConfig:
     """What trains: "adapter" (conditioning maps only), "lora" (+ LoRA), "full" (+ decoder)."""
     fusion_hidden: int = 1024
     """Hidden width of the fusion MLP F (mode "output")."""
-    copy_seen_threshold: float = 0.6
+    copy_seen_threshold: float = 0.9
     """Mode "output": a text token whose embedding has a cosine above this with the copy
     direction counts as the copied word already present, and closes the copy gate."""
-    copy_seen_relative: bool = False
+    copy_seen_relative: bool = True
     """Measure that cosine relative to the best cosine any vocabulary token reaches with the copy
     direction (1.0 for the token the copy term points at), so the test does not depend on how
     clean the readout is: a readout mixed from several facts lowers every absolute cosine."""
@@ -56,7 +58,7 @@ class ConditioningConfig:
     scores below `sequence_threshold` (the text goes on with something else), the copy term is
     off at that position. This keeps the stored last word from being pushed at every position
     of a sentence that the sequence channel already spells out."""
-    sequence_lead: float | None = None
+    sequence_lead: float | None = 2.0
     """Where the best successor score exceeds `sequence_confidence`, that successor's logit is
     raised to at least the highest other logit of the row plus this margin, so a continuation the memory
     confidently holds wins over whatever the decoder prefers there (an instruction-tuned
