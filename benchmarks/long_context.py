@@ -4,7 +4,7 @@
         --sizes 16,64,256 --questions 10 --out runs/long-context
 
 Builds (or reads, `--contexts FILE`) seeded contexts of n CounterFact counterfactual facts with one
-question each (`larimar.eval.longcontext`), answers them with every method, and writes
+question each (`larimar.eval.protocols.long_context`), answers them with every method, and writes
 contexts.jsonl, rows.jsonl, summary.json (with this run's settings), summary.md and recall.png
 into `--out`; prints the markdown table. The in-prompt baseline is skipped where the prompt does
 not fit the decoder's window, or above `--max-prompt-facts`.
@@ -31,7 +31,7 @@ from tqdm import tqdm
 import larimar
 from larimar.editing.longcontext import DEFAULT_FAN_OUT, DEFAULT_KEEP, SearchConfig
 from larimar.eval.datasets import load_cases
-from larimar.eval.longcontext import (
+from larimar.eval.protocols.long_context import (
     METHODS,
     BenchConfig,
     load_contexts,

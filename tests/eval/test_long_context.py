@@ -10,7 +10,7 @@ import pytest
 import larimar
 from larimar.editing.longcontext import SearchConfig
 from larimar.eval.datasets import load_cases
-from larimar.eval.longcontext import (
+from larimar.eval.protocols.long_context import (
     BenchConfig,
     LongContextCase,
     load_contexts,

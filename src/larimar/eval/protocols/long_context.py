@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from ..editing.larimar import Larimar
-from ..editing.longcontext import SearchConfig, decode, encode_context, flat_read, recursive_search
-from ..model.text import generate
-from .datasets import EditCase
-from .metrics import contains_match, exact_match, mean, natural_stop
+from ...editing.larimar import Larimar
+from ...editing.longcontext import SearchConfig, decode, encode_context, flat_read, recursive_search
+from ...model.text import generate
+from ..datasets import EditCase
+from ..metrics import contains_match, exact_match, mean, natural_stop
 
 logger = logging.getLogger(__name__)
 
