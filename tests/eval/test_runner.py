@@ -241,3 +241,29 @@ def test_eval_options_are_generated_from_the_config(zsre_file: Path) -> None:
     defaults = from_options(EvalConfig, build_parser().parse_args(["eval", "single", "--editor", "none",
                                                                    "--data", str(zsre_file)]))
     assert defaults == EvalConfig("single", "none", zsre_file, stats_corpus=Path("runs/corpus/train.jsonl"))
+
+
+def test_icl_scope_uses_the_trained_detector_when_the_embedder_offers_it(tmp_path: Path) -> None:
+    from larimar.editing.scope import ScopeDetector
+    from larimar.eval.datasets import EditCase
+    from tests.editing.tiny_shipped import TINY_SCOPE
+
+    _, decoder_dir = save_base_models(tmp_path)
+
+    class WithDetector:  # every cosine is 1: only the detector's word features tell the queries apart
+        def __call__(self, texts):
+            return torch.tensor([[1.0, 0.0]] * len(texts))
+
+        def keys(self, facts):
+            return torch.tensor([[[1.0, 0.0], [1.0, 0.0]]] * len(facts))
+
+        def views(self, prompt):
+            return torch.tensor([[1.0, 0.0]])
+
+        def detector(self, tokenizer):
+            return ScopeDetector(TINY_SCOPE, tokenizer)
+
+    cfg = EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, scope_threshold=0.5)
+    editor = InContextEditor.from_options(cfg.editor_options(), embed=WithDetector())
+    editor.edit([EditCase("1", "Paris", "Paris is in", "Italy", "France")])
+    assert editor.in_scope(["Paris is in", "Where does Olga Moreau live?"]) == [True, False]

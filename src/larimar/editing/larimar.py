@@ -98,7 +98,7 @@ class Larimar:
     def __init__(self, model: LarimarModel, scope_threshold: float | None = None) -> None:
         self.model = model.eval()
         self.scope_threshold = _threshold(scope_threshold, model.config.scope_threshold)
-        self.detector = ScopeDetector(model)
+        self.detector = ScopeDetector.of(model)
 
     @property
     def tokenizer(self) -> Any:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..model.larimar import LarimarModel
-from ..model.scope import PairFeatures, probability
+from ..model.scope import PairFeatures, ScopeConfig, probability
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,14 @@ class Match:
 class ScopeDetector:
     """Scores a query's views against written items (with the model's trained detector, if any)."""
 
-    def __init__(self, model: LarimarModel) -> None:
-        self.config = model.config.scope
-        self.features = PairFeatures(model.tokenizer) if self.config is not None else None
+    def __init__(self, config: ScopeConfig | None, tokenizer: Any) -> None:
+        self.config = config
+        self.features = PairFeatures(tokenizer) if config is not None else None
+
+    @classmethod
+    def of(cls, model: LarimarModel) -> ScopeDetector:
+        """The detector of a model: its trained one (config `scope`), else the cosine."""
+        return cls(model.config.scope, model.tokenizer)
 
     @property
     def trained(self) -> bool:

@@ -17,8 +17,9 @@ class InContextEditor(UneditedEditor):
 
     Each query is preceded by ``"New fact: {prompt} {target_new}\\n"`` for the edited facts.
     With ``scope_threshold`` set, a scope detector decides per query (from the query alone):
-    the facts are prepended only when the cosine similarity between the query's embedding and
-    its nearest fact's embedding is >= ``scope_threshold``.
+    the facts are prepended only when its score for the nearest fact is >= ``scope_threshold``:
+    with the default embedder, the built-in Larimar model's trained detector (a probability),
+    otherwise the cosine similarity of the query's and the fact's embeddings.
 
     A prompt holds at most ``max_facts`` facts (the decoder's window is finite: 998 zsRE
     facts are 18,475 SmolLM2 tokens). With more facts stored, each query gets the
@@ -26,7 +27,7 @@ class InContextEditor(UneditedEditor):
     similar last, nearest the query) when an embedder is given, otherwise the latest ones.
 
     Args:
-        scope_threshold: cosine-similarity threshold, or ``None`` to always prepend.
+        scope_threshold: the detector's threshold (see above), or ``None`` to always prepend.
         embed: ``embed(texts) -> (N, H)`` L2-normalised embeddings; required with a threshold.
             If it also has ``keys(facts) -> (F, S, H)`` and ``views(prompt) -> (V, H)`` (as
             :func:`encoder_embedder` does), the detector is Larimar's own:
@@ -73,18 +74,26 @@ class InContextEditor(UneditedEditor):
         self.facts.clear()
         self._fact_emb = None
 
-    def _similarities(self, prompt: str) -> torch.Tensor:
-        """(F,) best cosine between the prompt's views and each fact's keys."""
-        from larimar.editing.encoding import scope_similarities
+    def _similarities(self, prompt: str) -> tuple[torch.Tensor, float]:
+        """(F,) best cosine between the prompt's views and each fact's keys, and the score the
+        scope threshold is compared with: Larimar's trained detector's probability when the
+        embedder offers it (`ScopeEmbedder`), else the best cosine."""
+        from larimar.editing.encoding import query_views, scope_similarities
 
         assert self.embed is not None
         keys_of = getattr(self.embed, "keys", None)
         views_of = getattr(self.embed, "views", None)
+        facts = list(self.facts.values())
         if self._fact_emb is None:
-            facts = list(self.facts.values())
             self._fact_emb = keys_of(facts) if keys_of else self.embed(facts)[:, None]  # (F, S, H)
         views = views_of(prompt) if views_of else self.embed([prompt])  # (V, H)
-        return scope_similarities(self._fact_emb, views).amax(0)  # (F,)
+        sims = scope_similarities(self._fact_emb, views).amax(0)  # (F,)
+        detector = self.embed.detector(self.tokenizer) if hasattr(self.embed, "detector") else None
+        if detector is None or not detector.trained or self.scope_threshold is None:
+            return sims, float(sims.max())
+        match = detector.match(query_views(prompt), views, self._fact_emb, facts.__getitem__)
+        assert match is not None
+        return sims, match.score
 
     def _selection(self, prompt: str) -> list[int] | None:
         """Indices of the facts this prompt gets, in prompt order, or None when out of scope."""
@@ -94,8 +103,8 @@ class InContextEditor(UneditedEditor):
         fits = self.max_facts is None or n <= self.max_facts
         if self.embed is None or (self.scope_threshold is None and fits):
             return list(range(n)) if fits else list(range(n - self.max_facts, n))
-        sims = self._similarities(prompt)
-        if self.scope_threshold is not None and float(sims.max()) < self.scope_threshold:
+        sims, score = self._similarities(prompt)
+        if self.scope_threshold is not None and score < self.scope_threshold:
             return None
         if fits:
             return list(range(n))
@@ -144,6 +153,23 @@ class ScopeEmbedder:
 
     def __init__(self, encoder: Any = None) -> None:
         self._encoder = encoder
+        self._detector: Any = None
+
+    def detector(self, tokenizer: Any) -> Any:
+        """The built-in Larimar model's scope detector (`larimar.editing.scope.ScopeDetector`)
+        with the decoder's tokenizer; a cosine detector when the built-in model is not installed."""
+        if self._detector is None:
+            import json
+
+            from larimar.editing.larimar import BUILTIN_DIR
+            from larimar.editing.scope import ScopeDetector
+            from larimar.model.larimar import CONFIG_FILE
+            from larimar.model.scope import ScopeConfig
+
+            path = BUILTIN_DIR / CONFIG_FILE
+            scope = json.loads(path.read_text()).get("scope") if path.is_file() else None
+            self._detector = ScopeDetector(None if scope is None else ScopeConfig(**scope), tokenizer)
+        return self._detector
 
     @property
     def encoder(self) -> Any:
