@@ -101,7 +101,9 @@ def _ask_args(parser: argparse.ArgumentParser) -> None:
     _add_memory(parser, required=False)
     _add_model(parser)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    parser.add_argument("--threshold", type=float, default=None, help="scope threshold (cosine similarity)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="scope threshold: a probability with a trained scope detector (the built-in "
+                             "model's, default 0.5), else a cosine similarity")
     parser.add_argument("--context", type=Path, default=None,
                         help="answer from this text file by recursive memory search (instead of --memory)")
     parser.add_argument("--fan-out", type=int, default=None, help="--context: sentences per memory (default 16)")

@@ -70,7 +70,8 @@ class AskIn(Body):
     prompt: str = Field(description="A question or the start of a sentence.")
     max_new_tokens: int | None = Field(None, description="Tokens to generate at most; default 20 (or the server's limit).")
     scope_threshold: float | None = Field(
-        None, description="Cosine similarity a prompt needs to the nearest fact to use the memory; default: the model's.")
+        None, description="The score a prompt needs for its nearest fact to use the memory: the trained scope "
+                          "detector's probability (the built-in model), else the cosine similarity; default: the model's.")
 
 
 class Scope(BaseModel):
