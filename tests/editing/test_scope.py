@@ -32,7 +32,7 @@ def test_the_detector_picks_the_most_probable_of_the_nearest_items(shipped: lari
     decision = shipped.scope("Paris is the capital of France", memory)
     assert decision.in_scope and decision.fact_id == ids[1]
     answer = shipped.ask("Paris is the capital of which country?", memory, max_new_tokens=4)
-    assert answer.fact_id == ids[1]
+    assert answer.fact_id == ids[1] and answer.score is not None and 0.0 <= answer.score <= 1.0
 
 
 def test_the_threshold_applies_to_the_probability(shipped: larimar.Larimar) -> None:

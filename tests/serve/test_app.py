@@ -159,11 +159,11 @@ def test_request_size_limit(make_app: AppFactory) -> None:
 def test_ask_in_and_out_of_scope(client: TestClient, memory: MemoryHandle, lm: larimar.Larimar) -> None:
     empty = client.post(memory.url("/ask"), json={"prompt": FACT, "max_new_tokens": 4}, headers=memory.headers).json()
     assert empty == {"text": lm.ask(FACT, None, max_new_tokens=4).text, "in_scope": False, "fact_id": None,
-                     "fact": None, "similarity": None}
+                     "fact": None, "similarity": None, "score": None}
     [fact_id] = memory.write(FACT)
     answer = client.post(memory.url("/ask"), json={"prompt": FACT, "max_new_tokens": 4}, headers=memory.headers).json()
     assert answer["in_scope"] and answer["fact_id"] == fact_id and answer["fact"] == FACT
-    assert answer["similarity"] == pytest.approx(1.0)
+    assert answer["similarity"] == pytest.approx(1.0) and answer["score"] == pytest.approx(answer["similarity"])
     assert answer["text"] != empty["text"]  # the memory conditions the decoder
     strict = client.post(memory.url("/ask"), json={"prompt": OTHER, "scope_threshold": 1.0, "max_new_tokens": 4},
                          headers=memory.headers).json()

@@ -84,6 +84,9 @@ class Answer:
     """Id of the nearest written fact (None without facts)."""
     similarity: float | None
     """Cosine similarity of the prompt to that fact (None without facts)."""
+    score: float | None = None
+    """The scope detector's score for that fact: the trained detector's probability that the
+    question is about it, or the cosine for a model without one (None without facts)."""
 
 
 class Larimar:
@@ -206,7 +209,7 @@ class Larimar:
         formatted = [chat_prompt(self.tokenizer, q) for q in questions]
         decisions = self.scope_many([asked for _, asked in formatted], memories, scope_threshold)
         texts = self._decode([p for p, _ in formatted], decisions, max_new_tokens, batch_size, chat=True)
-        return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity) for t, d in zip(texts, decisions)]
+        return [Answer(t.strip(), d.in_scope, d.fact_id, d.similarity, d.score) for t, d in zip(texts, decisions)]
 
     def reply_rows(self, questions: Sequence[Question], memories: Sequence[Memory | None], max_new_tokens: int = 64,
                    scope_threshold: float | None = None, keys: Sequence[Any] | None = None,
@@ -226,7 +229,7 @@ class Larimar:
     def reply(self, ids: Sequence[int], decision: ScopeDecision) -> Answer:
         """The answer of a reply's generated ids."""
         text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        return Answer(text.strip(), decision.in_scope, decision.fact_id, decision.similarity)
+        return Answer(text.strip(), decision.in_scope, decision.fact_id, decision.similarity, decision.score)
 
     def _decode(self, prompts: list[str], decisions: list[ScopeDecision], max_new_tokens: int,
                 batch_size: int, chat: bool) -> list[str]:

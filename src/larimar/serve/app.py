@@ -197,7 +197,8 @@ def _add_query_routes(app: FastAPI, service: MemoryService) -> None:
         service.authenticate(key, memory_id)
         answer = service.ask(memory_id, body.prompt, body.max_new_tokens, body.scope_threshold)
         return AnswerOut(text=answer.text, in_scope=answer.in_scope, fact_id=answer.fact_id,
-                         fact=service.fact_text(memory_id, answer.fact_id), similarity=answer.similarity)
+                         fact=service.fact_text(memory_id, answer.fact_id), similarity=answer.similarity,
+                         score=answer.score)
 
     @app.post("/memories/{memory_id}/score", tags=["ask"])
     def score(memory_id: str, body: ScoreIn, key: Key) -> ScoresOut:

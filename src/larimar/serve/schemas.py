@@ -83,6 +83,8 @@ class Scope(BaseModel):
 
 class AnswerOut(Scope):
     text: str = Field(description="The generated continuation.")
+    score: float | None = Field(None, description="The scope detector's score for that fact (the trained "
+                                                  "detector's probability; in scope when >= the threshold).")
 
 
 class ScoreIn(Body):
