@@ -336,6 +336,9 @@ function showAnswer(li, answer) {
     parts.push(answer.in_scope ? " · drew on " : " · nearest fact ");
     parts.push(`${answer.fact_id}` + (answer.fact ? ` "${answer.fact}"` : ""));
     parts.push(` · similarity ${answer.similarity.toFixed(3)}`);
+    if (answer.score != null && answer.score !== answer.similarity) {
+      parts.push(` · about it with probability ${answer.score.toFixed(2)}`);
+    }
   } else {
     parts.push(" · the memory holds no facts");
   }
