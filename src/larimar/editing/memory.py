@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..memory import MemoryState
 from ..model.larimar import LarimarModel
-from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens, scope_similarities
+from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens
 from .items import Fact, Items
 from .persistence import read_memory, save_memory
 
@@ -232,36 +232,6 @@ class Memory:
         owner = self._items.owners[row]
         fact = self._facts[owner]
         return (fact.text, *fact.paraphrases)[row - self._items.owners.index(owner)]
-
-    def nearest(self, embedding: Tensor) -> tuple[str, float] | None:
-        """The fact whose text or paraphrase is most similar to a unit embedding (H,) or to
-        any of several views of one query (V, H), and the cosine similarity; None when the
-        memory is empty."""
-        found = self.match(embedding)
-        return None if found is None else found[:2]
-
-    def match(self, embedding: Tensor) -> tuple[str, float, int] | None:
-        """Like `nearest`, plus the index of the query view (row of a (V, H) input) that matched."""
-        found = self.locate(embedding)
-        return None if found is None else (self._items.owners[found[0]], found[1], found[2])
-
-    def locate(self, embedding: Tensor) -> tuple[int, float, int] | None:
-        """The best-matching item row, its cosine similarity and the query view that matched;
-        None when the memory is empty."""
-        scores = self.similarities(embedding)
-        if scores is None:
-            return None
-        flat = int(scores.argmax())
-        view, item = divmod(flat, scores.shape[1])
-        return item, float(scores[view, item]), view
-
-    def similarities(self, embedding: Tensor) -> Tensor | None:
-        """(V, N) best cosine similarity of each query view (V, H) (or (H,)) to each item, over
-        the item's scope keys; None when the memory is empty."""
-        if not self._items.owners:
-            return None
-        keys = self._items.embeddings  # (N, S, H)
-        return scope_similarities(keys, embedding.reshape(-1, keys.shape[-1]))
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
