@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -154,9 +153,3 @@ class PairFeatures:
         cover_query = found / weight_q if weight_q else 0.0
         return torch.tensor([cos_whole, cos_head, cover_query, cover_text, missing_max, shared_max,
                              name_missing, name_shared, found, weight_q - found], dtype=torch.float64)
-
-    def many(self, queries: Sequence[str], texts: Sequence[str], cosines: Tensor) -> Tensor:
-        """(n, F) features of n pairs; `cosines` is (n, 2): whole-key and head-key cosines."""
-        if not queries:
-            return torch.zeros(0, len(FEATURES), dtype=torch.float64)
-        return torch.stack([self(q, t, float(c[0]), float(c[1])) for q, t, c in zip(queries, texts, cosines)])
