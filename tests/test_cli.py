@@ -108,3 +108,20 @@ def test_ask_eval_on_a_tiny_question_set(model: str, tmp_path: Path, capsys: pyt
     (tmp_path / "bad.json").write_text(json.dumps({"facts": [{"fact": "x"}], "unrelated": []}))
     code, _, err = run(capsys, "ask-eval", "questions", "--data", str(tmp_path / "bad.json"), "--model", model)
     assert code == 2 and "lacks" in err
+
+
+def test_ask_eval_sequential_edits_share_one_memory(model: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    records = [{"subject": f"Lake {i}", "src": f"Which country is Lake {i} in?", "rephrase": f"Lake {i} lies in?",
+                "answers": ["Chad"], "alt": f"Land {i}", "loc": "nq question: who wrote hamlet",
+                "loc_ans": "Shakespeare"} for i in range(3)]
+    path, out = tmp_path / "zsre.json", tmp_path / "report.json"
+    path.write_text(json.dumps(records))
+    code, printed, _ = run(capsys, "ask-eval", "edits", "--data", str(path), "--model", model, "--sequential",
+                           "--max-new-tokens", "3", "--out", str(out))
+    assert code == 0 and "| 3 |" in printed
+    report = json.loads(out.read_text())
+    assert report["sequential"] is True and report["cases"] == 3
+    assert all(0.0 <= report[k] <= 1.0 for k in ("rewrite", "paraphrase", "locality_unchanged", "locality_in_scope"))

@@ -391,11 +391,14 @@ def _run_eval(args: argparse.Namespace) -> None:
 def _ask_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=["questions", "edits"],
                         help="questions: the natural-question benchmark (benchmarks/questions/questions.json); "
-                             "edits: CounterFact or zsRE cases, each written alone and asked through ask")
+                             "edits: CounterFact or zsRE cases, each written alone (--sequential: all into one "
+                             "memory) and asked through ask")
     parser.add_argument("--data", type=Path, required=True, help="the benchmark file")
     parser.add_argument("--limit", type=int, default=None, help="first N facts or cases")
     parser.add_argument("--sizes", default="100", help="questions: facts in one memory, comma-separated")
     parser.add_argument("--forget", type=int, default=50, help="questions: facts forgotten in the forget row")
+    parser.add_argument("--sequential", action="store_true",
+                        help="edits: write every case into one memory, one after another, then ask every one")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per reply at most")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     _add_model(parser)
@@ -411,7 +414,8 @@ def _run_ask_eval(args: argparse.Namespace) -> None:
         report = evaluate_questions(lm, load_questions(args.data, args.limit), sizes, args.forget, args.max_new_tokens)
         print(format_questions(report))
     else:
-        report = evaluate_edits_by_ask(lm, load_cases(args.data, limit=args.limit), args.max_new_tokens)
+        report = evaluate_edits_by_ask(lm, load_cases(args.data, limit=args.limit), args.max_new_tokens,
+                                       sequential=args.sequential)
         print(f"| cases | rewrite (answer in reply) | paraphrase | locality unchanged |\n|---:|---:|---:|---:|\n"
               f"| {report['cases']} | {report['rewrite']:.3f} | {report['paraphrase']:.3f} | "
               f"{report['locality_unchanged']:.3f} |")

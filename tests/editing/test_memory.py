@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import larimar
+from larimar.editing.items import Items
 from larimar.memory import MemoryState
 from tests.tiny import SENTENCES
 
@@ -216,3 +217,12 @@ def test_copy_changes_independently_and_write_encoded_replays_a_write(lm: larima
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="exactly the given facts"):
         replayed.write_encoded(rows, [])
+    pair = twin.copy()
+    ids = pair.write([SENTENCES[4], SENTENCES[5]], paraphrases=[["p one"], ["p two"]])  # rows: a, a', b, b'
+    both = pair.items.select(torch.arange(len(pair.items.owners)) >= len(twin.items.owners))
+    mixed = Items(both.latents[[0, 2, 1, 3]], both.keys[[0, 2, 1, 3]], both.embeddings[[0, 2, 1, 3]],
+                  [both.owners[i] for i in (0, 2, 1, 3)])
+    with pytest.raises(ValueError, match="each fact's rows together"):
+        replayed.write_encoded(mixed, [f for f in pair.facts() if f.id in ids])
+    assert len(replayed) == 4  # nothing written
+    assert [pair.item_text(r) for r in range(len(pair.items.owners))][-4:] == [SENTENCES[4], "p one", SENTENCES[5], "p two"]

@@ -253,6 +253,21 @@ def test_z_changes_the_logits(arch: str, mode: dict) -> None:
     assert not torch.allclose(first, second)
 
 
+@pytest.mark.parametrize("with_z", [False, True])
+def test_logits_from_gives_the_last_positions_of_the_full_forward(arch: str, mode: dict, with_z: bool) -> None:
+    model = condition(make_decoder(arch), **mode)
+    ids, mask = batch([7, 5])
+    z = code(2) if with_z else None
+    full = model(ids, mask, z=z).logits
+    tail = model(ids, mask, z=z, logits_from=4).logits
+    assert tail.shape == (2, 3, VOCAB)
+    torch.testing.assert_close(tail, full[:, 4:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="logits_from must be in"):
+        model(ids, mask, z=z, logits_from=7)
+    with pytest.raises(ValueError, match="leave logits_from at 0"):
+        model(ids, mask, z=z, labels=ids, logits_from=1)
+
+
 def test_gradients_reach_the_maps_and_z(arch: str, mode: dict) -> None:
     model = condition(make_decoder(arch), **mode)
     ids, mask = batch([6, 6])

@@ -33,10 +33,8 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
     Returns:
         latents (N, C) and embeddings (N, H), or (N, 2, H) with `scope_keys`; float64.
     """
-    was_training = encoder.training
-    encoder.eval()
     latents, embeddings = [], []
-    try:
+    with encoder.evaluating():
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
             batch = encoder.tokenize(chunk)
@@ -51,8 +49,6 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
                 embeddings.append(torch.stack([whole, head], dim=1))  # (b, 2, H)
             else:
                 embeddings.append(whole)
-    finally:
-        encoder.train(was_training)
     return torch.cat(latents), torch.cat(embeddings)
 
 

@@ -146,8 +146,9 @@ class Memory:
         `write` does after encoding: the same episodes, the same updates. Replaying a logged
         write with it gives the memory the write gave."""
         sizes = [items.owners.count(f.id) for f in facts]
-        if sum(sizes) != len(items.owners) or any(n == 0 for n in sizes):
-            raise ValueError("items.owners must hold the rows of exactly the given facts")
+        if any(n == 0 for n in sizes) or items.owners != [f.id for f, n in zip(facts, sizes) for _ in range(n)]:
+            raise ValueError("items.owners must hold the rows of exactly the given facts, each fact's rows together "
+                             "and in the order of the facts")
         self._check_groups(sizes)
         episodes, places = list(self._episodes), self._places(sizes)
         rows = torch.tensor([e for e, n in zip(places, sizes) for _ in range(n)], dtype=torch.int64)
@@ -229,9 +230,12 @@ class Memory:
 
     def item_text(self, row: int) -> str:
         """The text written in an item row: its fact, or one of the fact's paraphrases."""
-        owner = self._items.owners[row]
+        owners = self._items.owners
+        owner, first = owners[row], row
+        while first > 0 and owners[first - 1] == owner:  # a fact's rows are together: no search of all rows
+            first -= 1
         fact = self._facts[owner]
-        return (fact.text, *fact.paraphrases)[row - self._items.owners.index(owner)]
+        return (fact.text, *fact.paraphrases)[row - first]
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:

@@ -68,13 +68,14 @@ class ScopeDetector:
         """
         if keys.shape[0] == 0:
             return None
-        cos = torch.einsum("nsh,vh->nvs", keys, embedded.to(keys))  # (N, V, S)
+        n, s, h = keys.shape
+        cos = (keys.reshape(n * s, h) @ embedded.to(keys).T).reshape(n, s, -1)  # (N, S, V), keys not copied
         best = cos.amax(dim=(1, 2))  # (N,)
         if self.config is None or self.features is None:
             row = int(best.argmax())
             return Match(row, float(best[row]), float(best[row]))
         rows = best.topk(min(self.config.candidates, len(best))).indices.tolist()
-        x = torch.stack([self.features(views[v], text_of(r), float(cos[r, v, 0]), float(cos[r, v, -1]))
+        x = torch.stack([self.features(views[v], text_of(r), float(cos[r, 0, v]), float(cos[r, -1, v]))
                          for r in rows for v in range(len(views))])  # (rows * V, F)
         p = probability(self.config, x).reshape(len(rows), len(views)).amax(1)  # (rows,)
         k = int(p.argmax())

@@ -156,15 +156,26 @@ def format_questions(report: dict[str, Any]) -> str:
 
 
 def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int = 32,
-                          batch_size: int = 16) -> dict[str, Any]:
-    """Knowledge-editing cases (`larimar.eval.datasets.EditCase`, CounterFact or zsRE), each fact
-    written alone, asked through `ask` and judged by the reply (WILD-style: the reply must hold
-    the new answer): rewrite (the edit's own prompt), paraphrase (its first paraphrase) and
-    locality (a neighbourhood prompt's reply unchanged from the base model's)."""
-    memories = []
-    for case in cases:
-        memories.append(lm.new_memory())
-        memories[-1].write([case.fact])
+                          batch_size: int = 16, sequential: bool = False) -> dict[str, Any]:
+    """Knowledge-editing cases (`larimar.eval.datasets.EditCase`, CounterFact or zsRE), asked
+    through `ask` and judged by the reply (WILD-style: the reply must hold the new answer):
+    rewrite (the edit's own prompt), paraphrase (its first paraphrase) and locality (a
+    neighbourhood prompt's reply unchanged from the base model's).
+
+    Each fact is written alone into its own memory, or with `sequential` every fact is written
+    one after another into one memory and every past edit is asked once all are written."""
+    started = time.perf_counter()
+    if sequential:
+        shared = lm.new_memory()
+        for case in cases:
+            shared.write([case.fact])
+        memories = [shared] * len(cases)
+    else:
+        memories = []
+        for case in cases:
+            memories.append(lm.new_memory())
+            memories[-1].write([case.fact])
+    written_s = time.perf_counter() - started
     rewrite = lm.ask_many([c.prompt for c in cases], memories, max_new_tokens, batch_size=batch_size)
     para_cases = [(c, m) for c, m in zip(cases, memories) if c.paraphrase_prompts]
     paraphrase = lm.ask_many([c.paraphrase_prompts[0] for c, _ in para_cases], [m for _, m in para_cases],
@@ -175,10 +186,18 @@ def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int
     base = lm.ask_many(local_prompts, None, max_new_tokens, batch_size=batch_size)
     return {
         "cases": len(cases),
+        "sequential": sequential,
         "rewrite": _rate([holds(a.text, c.target_new) for a, c in zip(rewrite, cases)]),
         "paraphrase": _rate([holds(a.text, c.target_new) for a, (c, _) in zip(paraphrase, para_cases)]),
         "locality_unchanged": _rate([a.text == b.text for a, b in zip(local, base)]),
+        "locality_in_scope": _rate([a.in_scope for a in local]),
+        "write_seconds": written_s,
+        "seconds": time.perf_counter() - started,
         "examples": [{"prompt": c.prompt, "reply": a.text, "target": c.target_new} for a, c in zip(rewrite[:3], cases)],
         "misses": [{"prompt": c.prompt, "reply": a.text, "target": c.target_new}
                    for a, c in zip(rewrite, cases) if not holds(a.text, c.target_new)][:10],
+        "paraphrase_misses": [{"prompt": c.paraphrase_prompts[0], "reply": a.text, "target": c.target_new}
+                              for a, (c, _) in zip(paraphrase, para_cases) if not holds(a.text, c.target_new)][:10],
+        "locality_changed": [{"prompt": p, "base": b.text, "with_memory": a.text}
+                             for p, a, b in zip(local_prompts, local, base) if a.text != b.text][:10],
     }

@@ -232,6 +232,7 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
         z: Tensor | None = None,
         labels: Tensor | None = None,
         candidates: Tensor | None = None,
+        logits_from: int = 0,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) for input_ids (B, T), conditioned on z (B, C) if given.
 
@@ -239,16 +240,24 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
         labels (B, T) give `loss`, the mean next-token cross-entropy over labels != -100.
         candidates (B, M): the token ids of the text each readout recalls, which limits the
         sequence channel's scores to them (`SuccessorScorer.scores`).
+        logits_from: logits only at positions >= it, (B, T - logits_from, V) (scoring a
+        continuation needs no more; the vocabulary-sized products are most of a short forward).
         """
+        if not 0 <= logits_from < input_ids.shape[1]:
+            raise ValueError(f"logits_from must be in [0, {input_ids.shape[1]}); got {logits_from}")
+        if labels is not None and logits_from:
+            raise ValueError("labels need the logits of every position; leave logits_from at 0")
+        keep = input_ids.shape[1] - logits_from
         if z is None:
             with self._adapters(None):
-                logits = self.decoder(input_ids=input_ids, attention_mask=attention_mask).logits
+                logits = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                      logits_to_keep=keep).logits
         else:
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             z = self._check_z(z, input_ids)
             inputs = self._prepare(input_ids, mask, z)
             with self._adapters(z):
-                logits = self._logits(inputs, z, candidates=candidates)[:, -input_ids.shape[1] :]  # (B, T, V)
+                logits = self._logits(inputs, z, keep=keep, candidates=candidates)  # (B, keep, V)
         loss = None if labels is None else causal_lm_loss(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
@@ -308,7 +317,7 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
         tokens, step_logits = [], []
         with self._adapters(z):
             for _ in range(max_new_tokens):
-                logits = self._logits(inputs, z, last_only=True, candidates=candidates)[:, -1]  # (B, V)
+                logits = self._logits(inputs, z, keep=1, candidates=candidates)[:, -1]  # (B, V)
                 token = logits.argmax(-1)  # (B,)
                 if eos is not None:
                     token = token.masked_fill(done, pad)
@@ -413,10 +422,10 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             positions=inputs.positions[:, -1:] + 1,  # (B, 1)
         )
 
-    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, last_only: bool = False,
+    def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, keep: int = 0,
                 candidates: Tensor | None = None) -> Tensor:
-        """Decoder logits (B, T', V) for one call, or (B, 1, V) at its last position with
-        `last_only` (generation needs no more); the cache grows by T' positions."""
+        """Decoder logits (B, keep, V) at the last `keep` positions of one call (0: all T'
+        positions of the call; generation needs only the last); the cache grows by T'."""
         if z is not None and self.config.mode == "output":
             body, _ = self._body_and_head()
             hidden = body(
@@ -428,10 +437,10 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             ).last_hidden_state  # (B, T', H)
             seen = self.copy_coverage(inputs.embeds, z, inputs.seen)
             tokens, previous = inputs.tokens, inputs.previous
-            if last_only:
-                hidden, seen = hidden[:, -1:], seen[:, -1:]
-                tokens = None if tokens is None else tokens[:, -1:]
-                previous = None if previous is None else previous[:, -1:]
+            if keep:
+                hidden, seen = hidden[:, -keep:], seen[:, -keep:]
+                tokens = None if tokens is None else tokens[:, -keep:]
+                previous = None if previous is None else previous[:, -keep:]
             return self.fused_logits(hidden, z, seen, tokens, previous, candidates)
         return self.decoder(
             inputs_embeds=inputs.embeds,
@@ -439,7 +448,7 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             position_ids=inputs.positions,
             cache=inputs.cache,
             use_cache=True,
-            logits_to_keep=1 if last_only else 0,
+            logits_to_keep=keep,
         ).logits
 
     def _attention_mask(self, inputs: _DecoderInputs) -> Tensor | dict[str, Tensor | None]:

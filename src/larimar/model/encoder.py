@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -276,15 +278,26 @@ class SentenceEncoder(nn.Module):
         weight = self.head.weight
         if len(texts) == 0:
             return weight.new_zeros(0, width)
-        was_training = self.training
-        self.eval()  # no dropout: the same text always gives the same vector
-        try:
+        with self.evaluating():  # no dropout: the same text always gives the same vector
             chunks = []
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenize(texts[start : start + batch_size])
                 pooled = self.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
                 chunks.append(self.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"),
                                           batch.get("sequence")) if with_head else pooled)
-        finally:
-            self.train(was_training)
         return torch.cat(chunks)  # (N, width)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode inside the block, the previous mode after it (switching modes walks every
+        submodule, a sizeable part of encoding one sentence, so an encoder already in eval
+        mode is left alone)."""
+        mode = self.training
+        switch = mode or self.encoder.training
+        if switch:
+            self.eval()
+        try:
+            yield
+        finally:
+            if switch:
+                self.train(mode)

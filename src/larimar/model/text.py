@@ -175,15 +175,17 @@ def score_tokens(
         input_ids, mask = _right_padded([ids for ids, _ in chunk], pad, device)
         z_chunk = None if z is None else z[b : b + batch_size]
         chunk_candidates = candidate_ids(None if candidates is None else candidates[b : b + batch_size], device)
-        logits = decoder(input_ids, mask, z=z_chunk, candidates=chunk_candidates).logits  # (B, T, V)
+        first = min(start for _, start in chunk) - 1  # the first position that predicts a continuation token
+        logits = decoder(input_ids, mask, z=z_chunk, candidates=chunk_candidates,
+                         logits_from=first).logits  # (B, T - first, V)
         # softmax in at least float32, never in half precision
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
-        targets = input_ids[:, 1:]  # (B, T-1)
-        tok_logp = logp.gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
-        predicted = logp.argmax(-1)  # (B, T-1)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1-first, V)
+        targets = input_ids[:, first + 1 :]  # (B, T-1-first)
+        tok_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
+        predicted = logp.argmax(-1)
         for i, (ids, start) in enumerate(chunk):
-            span = slice(start - 1, len(ids) - 1)
+            span = slice(start - 1 - first, len(ids) - 1 - first)
             out.append(TokenScores(targets[i, span], tok_logp[i, span], predicted[i, span]))
     return out
 
