@@ -39,6 +39,13 @@ def ask_back(lm: larimar.Larimar, memory: larimar.Memory | None, cases: list, ne
             "paraphrase": sum(holds(t, c.target_new) for t, c in zip(paraphrase, para)) / max(1, len(para))}
 
 
+def matched(lm: larimar.Larimar, memory: larimar.Memory, prompt: str) -> dict:
+    """The written fact a prompt was routed to, and the detector's score."""
+    decision = lm.scope(prompt, memory)
+    fact = next((f.text for f in memory.facts() if f.id == decision.fact_id), None)
+    return {"prompt": prompt, "in_scope": decision.in_scope, "score": decision.score, "fact": fact}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="CounterFact file (EasyEdit flat or ROME); asked")
@@ -96,8 +103,8 @@ def main() -> None:
                "paraphrase_vs_single": got["paraphrase"] / max(single["paraphrase"], 1e-9),
                "neighbourhood_unchanged": unchanged,
                "unrelated_unchanged": sum(a == b for a, b in zip(far, unrelated_base)) / max(1, len(unrelated)),
-               "unrelated_changed": [{"prompt": p, "base": b, "with_memory": a}
-                                     for p, a, b in zip(unrelated, far, unrelated_base) if a != b][:5],
+               "unrelated_changed": [matched(lm, memory, p) | {"base": b, "with_memory": a}
+                                     for p, a, b in zip(unrelated, far, unrelated_base) if a != b][:10],
                "write_s": write_s, "ask_s": time.perf_counter() - start}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -14,7 +14,8 @@
 #   leakage), N_CASES (single-fact cases, default 1000), N_EDITS (sequential edits, default
 #   1000), SINGLE / SEQUENTIAL / OTHERS (editor lists), BATCH_SIZES, FORGET_SIZES,
 #   SHARDS_<EDITOR> (processes per single-fact run), MERGE_LIMIT (seconds for each merging run),
-#   ICL_SCOPE (threshold of the scoped in-context editor, default 0.66, the built-in model's),
+#   ICL_SCOPE (threshold of the scoped in-context editor, default 0.5: the built-in model's trained
+#   scope detector's probability),
 #   LARIMAR_MODEL (a saved model folder instead of the built-in one), STATS_CORPUS (ROME's
 #   sentence sample, default runs/corpus/train.jsonl), PYTHON.
 set -u
@@ -44,7 +45,7 @@ run() {  # run NAME ARGS...: one `larimar eval` with its log, under the time lim
 
 editor_args() {  # the editor options of a table row name
   case $1 in
-    icl-scope) echo "--editor icl --scope-threshold ${ICL_SCOPE:-0.66}" ;;
+    icl-scope) echo "--editor icl --scope-threshold ${ICL_SCOPE:-0.5}" ;;
     larimar) echo "--editor larimar ${LARIMAR_MODEL:+--model $LARIMAR_MODEL}" ;;
     rome) echo "--editor rome ${STATS_CORPUS:+--stats-corpus $STATS_CORPUS}" ;;
     *) echo "--editor $1" ;;
