@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timezone
 from pathlib import Path
 
@@ -226,3 +227,41 @@ def test_copy_changes_independently_and_write_encoded_replays_a_write(lm: larima
         replayed.write_encoded(mixed, [f for f in pair.facts() if f.id in ids])
     assert len(replayed) == 4  # nothing written
     assert [pair.item_text(r) for r in range(len(pair.items.owners))][-4:] == [SENTENCES[4], "p one", SENTENCES[5], "p two"]
+
+
+def test_forgotten_rows_leave_lazily_and_never_match(lm: larimar.Larimar, tmp_path: Path) -> None:
+    """A forget marks its rows; the live rows are copied once the forgotten ones outnumber
+    max(64, a quarter of the live ones). Before and after, only live rows are seen or matched."""
+    memory = larimar.Memory(lm.model, episode_items=8)
+    vocab = sorted({w.strip(".").lower() for sentence in SENTENCES for w in sentence.split()})  # the tiny encoder's
+    rng = random.Random(0)
+    texts = [" ".join(rng.sample(vocab, 5)).capitalize() + "." for _ in range(101)]
+    ids = memory.write(texts[:100])
+    gone = [i for i in range(100) if i % 10 < 7]  # 70 facts
+    for n, i in enumerate(gone[:30]):
+        memory.forget(ids[i])
+    rows, live = memory.search_rows()
+    assert live is not None and rows.shape[0] == 100 and int(live.sum()) == 70  # not copied yet
+    kept = [i for i in range(100) if i not in gone[:30]]
+    for i in (kept[0], kept[-1]):
+        decision = lm.scope(texts[i], memory)
+        assert decision.in_scope and decision.fact_id == ids[i]
+    for i in gone[:3]:
+        assert lm.scope(texts[i], memory).fact_id not in set(ids[j] for j in gone[:30])
+    for i in gone[30:]:
+        memory.forget(ids[i])
+    rows, live = memory.search_rows()
+    assert rows.shape[0] == 35 and live is not None and int(live.sum()) == 30  # copied once, at 65 forgotten
+    left = [i for i in range(100) if i not in gone]
+    saved = tmp_path / "lazy.safetensors"
+    memory.save(saved)  # writes live rows only
+    reloaded = lm.load_memory(saved)
+    assert len(reloaded.items.owners) == 30 and [f.id for f in reloaded.facts()] == [ids[i] for i in left]
+    torch.testing.assert_close(recalled(reloaded), reloaded.items.latents, rtol=0, atol=1e-8)
+    assert memory.items.owners == [ids[i] for i in left]  # `items` shows (and keeps) the live rows
+    assert memory.search_rows()[1] is None
+    torch.testing.assert_close(recalled(memory), memory.items.latents, rtol=0, atol=1e-8)
+    [new] = memory.write([texts[100]])  # fills by live counts
+    counts = torch.bincount(memory.items.episodes).tolist()
+    assert max(counts) <= 8 and memory.item_text(len(memory.items.owners) - 1) == texts[100]
+    assert lm.scope(texts[100], memory).fact_id == new

@@ -142,11 +142,11 @@ class Larimar:
                 out.append(ScopeDecision(False, None, None, None, None))
                 continue
             assert memory is not None and embedded is not None
-            match = self.detector.match(texts, embedded[at : at + len(texts)], memory.items.embeddings,
-                                        memory.item_text)
+            keys, live = memory.search_rows()
+            match = self.detector.match(texts, embedded[at : at + len(texts)], keys, memory.item_text, live)
             at += len(texts)
             assert match is not None
-            fact_id = memory.items.owners[match.row]
+            fact_id = memory.owner(match.row)
             if match.score < threshold:
                 out.append(ScopeDecision(False, fact_id, match.similarity, match.score, None))
                 continue

@@ -13,8 +13,13 @@ number of facts. Every write is a sequential recursive-least-squares update
 each item are kept, so `forget` applies the same update with alpha = -1 to that episode, which
 then equals the episode that never saw the fact. All memory math runs in float64.
 
-A query is routed to an item by the scope keys (`match`) and `recall` reads that item's episode
-with the item's own write key (a hetero-associative read, `EpisodicMemory.read(keys=...)`).
+A query is routed to an item by the scope detector over `search_rows` and `recall` reads that
+item's episode with the item's own write key (a hetero-associative read,
+`EpisodicMemory.read(keys=...)`).
+
+A forgotten fact's rows stay in the row storage, marked not live, until the forgotten rows
+outnumber a quarter of the live ones; then the live rows are copied once. So a forget costs
+its episode's update, not a copy of every row (amortised), and `items` shows only live rows.
 
 Example:
     >>> memory = larimar.new_memory()
@@ -67,6 +72,7 @@ class Memory:
         state = state if state is not None else self._empty_state()
         self._episodes = [MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
         self._items = items if items is not None else self._no_items()
+        self._live: Tensor | None = None  # (N,) bool over `_items`' rows; None: every row is live
         self._facts: dict[str, Fact] = {f.id: f for f in facts}
         if self._items.owners and int(self._items.episodes.max()) >= len(self._episodes):
             raise ValueError("items refer to an episode the state does not hold; the memory file is damaged")
@@ -77,7 +83,7 @@ class Memory:
         return len(self._facts)
 
     def __repr__(self) -> str:
-        return f"Memory({len(self)} facts, {len(self._items.owners)} items, {len(self._episodes)} episodes)"
+        return f"Memory({len(self)} facts, {len(self.items.owners)} items, {len(self._episodes)} episodes)"
 
     def facts(self) -> list[Fact]:
         """The facts in the order they were written."""
@@ -97,8 +103,16 @@ class Memory:
 
     @property
     def items(self) -> Items:
-        """The written items (read-only view; do not modify)."""
+        """The written items (read-only view; do not modify). Row numbers here are those that
+        `recall`, `item_text` and `search_rows` use."""
+        if self._live is not None:
+            self._items, self._live = self._items.select(self._live), None
         return self._items
+
+    def search_rows(self) -> tuple[Tensor, Tensor | None]:
+        """The scope keys (N, S, H) of the stored rows, and (N,) whether each is live (None: all
+        are); forgotten rows may still be stored (see the module docstring)."""
+        return self._items.embeddings, self._live
 
     @property
     def model(self) -> LarimarModel:
@@ -159,6 +173,8 @@ class Memory:
             episodes[e] = self._model.memory.update(
                 episodes[e], items.latents[pick][None], alpha=1.0, keys=items.keys[pick][None])
         new = Items(items.latents, items.keys, items.embeddings, list(items.owners), rows.to(items.latents.device))
+        if self._live is not None:
+            self._live = torch.cat([self._live, self._live.new_ones(len(new.owners))])
         self._episodes, self._items = episodes, self._items.extend(new)
         self._facts.update((f.id, f) for f in facts)
 
@@ -167,6 +183,7 @@ class Memory:
         twin = Memory(self._model, self._episodes[0], self._items if len(self._episodes) == 1 else None,
                       episode_items=self.episode_items)
         twin._episodes, twin._items, twin._facts = list(self._episodes), self._items, dict(self._facts)
+        twin._live = self._live
         return twin
 
     def _check_groups(self, sizes: Sequence[int]) -> None:
@@ -177,7 +194,8 @@ class Memory:
 
     def _places(self, sizes: Sequence[int]) -> list[int]:
         """The episode of each new group of `sizes` items: the newest episode while it has room."""
-        counts = torch.bincount(self._items.episodes, minlength=len(self._episodes)).tolist()
+        episodes = self._items.episodes if self._live is None else self._items.episodes[self._live]
+        counts = torch.bincount(episodes, minlength=len(self._episodes)).tolist()
         episode, used, out = len(self._episodes) - 1, counts[-1], []
         for size in sizes:
             if used + size > self.episode_items:
@@ -197,17 +215,24 @@ class Memory:
         if fact_id not in self._facts:
             known = ", ".join(list(self._facts)[:5]) or "none"
             raise KeyError(f"no fact with id {fact_id!r} in this memory (known ids: {known}); see memory.facts()")
-        rows = torch.tensor([o == fact_id for o in self._items.owners], device=self._items.keys.device)
-        gone, remaining = self._items.select(rows), self._items.select(~rows)
+        items = self._items
+        live = self._live if self._live is not None else torch.ones(
+            len(items.owners), dtype=torch.bool, device=items.keys.device)
+        rows = torch.tensor([o == fact_id for o in items.owners], device=live.device) & live
+        gone = items.select(rows)
+        live = live & ~rows
         episodes = list(self._episodes)
         for e in gone.episodes.unique().tolist():
             pick = gone.episodes == e
-            if not bool((remaining.episodes == e).any()):
+            if not bool(((items.episodes == e) & live).any()):
                 episodes[e] = self._empty_state()  # nothing left: exactly the empty episode
             else:
                 episodes[e] = self._model.memory.update(
                     episodes[e], gone.latents[pick][None], alpha=-1.0, keys=gone.keys[pick][None])
-        self._episodes, self._items = episodes, remaining
+        self._episodes, self._live = episodes, live
+        alive = int(live.sum())
+        if len(live) - alive > max(64, alive // 4):  # copy the live rows once enough are forgotten
+            self._items, self._live = items.select(live), None
         del self._facts[fact_id]
 
     # ----------------------------------------------------------------------------- reading
@@ -228,19 +253,23 @@ class Memory:
             out.append(self._model.memory.read(state, z, keys=w)[0])  # (1, C)
         return torch.cat(out)
 
+    def owner(self, row: int) -> str:
+        """The id of the fact a stored row belongs to."""
+        return self._items.owners[row]
+
     def item_text(self, row: int) -> str:
         """The text written in an item row: its fact, or one of the fact's paraphrases."""
-        owners = self._items.owners
+        owners, live = self._items.owners, self._live
         owner, first = owners[row], row
-        while first > 0 and owners[first - 1] == owner:  # a fact's rows are together: no search of all rows
-            first -= 1
+        while first > 0 and owners[first - 1] == owner and (live is None or bool(live[first - 1])):
+            first -= 1  # a fact's rows are together: no search of all rows
         fact = self._facts[owner]
         return (fact.text, *fact.paraphrases)[row - first]
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the memory and its fact log to one safetensors file, atomically."""
-        save_memory(Path(path), self._model, self.state, self._items, self.facts(), self.episode_items)
+        save_memory(Path(path), self._model, self.state, self.items, self.facts(), self.episode_items)
 
     @classmethod
     def load(cls, model: LarimarModel, path: str | Path) -> Memory:

@@ -54,7 +54,7 @@ class ScopeDetector:
 
     @torch.no_grad()
     def match(self, views: Sequence[str], embedded: Tensor, keys: Tensor,
-              text_of: Callable[[int], str]) -> Match | None:
+              text_of: Callable[[int], str], live: Tensor | None = None) -> Match | None:
         """The best item for a query among items with scope keys (N, S, H).
 
         Args:
@@ -62,19 +62,23 @@ class ScopeDetector:
             embedded: (V, H) their unit sentence embeddings (`encoder.embed`).
             keys: the items' scope keys.
             text_of: an item row's text.
+            live: (N,) which rows may match (None: all), see `Memory.search_rows`.
 
         Returns:
-            The best match, or None when there are no items.
+            The best match, or None when there are no (live) items.
         """
-        if keys.shape[0] == 0:
-            return None
         n, s, h = keys.shape
+        count = n if live is None else int(live.sum())
+        if count == 0:
+            return None
         cos = (keys.reshape(n * s, h) @ embedded.to(keys).T).reshape(n, s, -1)  # (N, S, V), keys not copied
         best = cos.amax(dim=(1, 2))  # (N,)
+        if live is not None:
+            best = best.masked_fill(~live, float("-inf"))
         if self.config is None or self.features is None:
             row = int(best.argmax())
             return Match(row, float(best[row]), float(best[row]))
-        rows = best.topk(min(self.config.candidates, len(best))).indices.tolist()
+        rows = best.topk(min(self.config.candidates, count)).indices.tolist()
         x = torch.stack([self.features(views[v], text_of(r), float(cos[r, 0, v]), float(cos[r, -1, v]))
                          for r in rows for v in range(len(views))])  # (rows * V, F)
         p = probability(self.config, x).reshape(len(rows), len(views)).amax(1)  # (rows,)
