@@ -46,9 +46,34 @@ def matched(lm: larimar.Larimar, memory: larimar.Memory, prompt: str) -> dict:
     return {"prompt": prompt, "in_scope": decision.in_scope, "score": decision.score, "fact": fact}
 
 
+def plot(result: dict, path: Path) -> None:
+    """Rewrite, paraphrase and unchanged-prompt rates against facts in memory, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("rewrite", "rewrite"), ("paraphrase", "paraphrase"),
+                       ("neighbourhood_unchanged", "neighbourhood prompts unchanged"),
+                       ("unrelated_unchanged", "unrelated prompts unchanged")):
+        ax.plot([r["facts"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("facts in one memory")
+    ax.set_ylabel("rate")
+    ax.set_title("held-out CounterFact facts asked back by generation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="CounterFact file (EasyEdit flat or ROME); asked")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="CounterFact file (EasyEdit flat or ROME); asked (required unless --replot)")
     parser.add_argument("--filler", type=Path, default=None, help="CounterFact file whose facts fill the memory")
     parser.add_argument("--unrelated", type=Path, default=None, help="zsRE file whose loc questions are unrelated")
     parser.add_argument("--n-unrelated", type=int, default=200, help="unrelated prompts at most")
@@ -57,7 +82,14 @@ def main() -> None:
     parser.add_argument("--asked", type=int, default=100, help="facts asked back at each size")
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/capacity.json"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/img/capacity.png"), help="PNG of the rates")
+    parser.add_argument("--replot", action="store_true", help="only draw --plot from the JSON at --out")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        return
+    if args.data is None:
+        parser.error("--data is required (unless --replot)")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -122,7 +154,8 @@ def main() -> None:
     args.out.write_text(json.dumps({"data": args.data.name, "filler": args.filler and args.filler.name,
                                     "unrelated": args.unrelated and args.unrelated.name, "single": single,
                                     "rows": rows, "new_tokens": args.new_tokens}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    plot(json.loads(args.out.read_text()), args.plot)
+    print(f"\nwrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":
