@@ -395,6 +395,7 @@ def _ask_eval_args(parser: argparse.ArgumentParser) -> None:
                              "memory) and asked through ask")
     parser.add_argument("--data", type=Path, required=True, help="the benchmark file")
     parser.add_argument("--limit", type=int, default=None, help="first N facts or cases")
+    parser.add_argument("--offset", type=int, default=0, help="edits: skip the first K cases (shards of one run)")
     parser.add_argument("--sizes", default="100", help="questions: facts in one memory, comma-separated")
     parser.add_argument("--forget", type=int, default=50, help="questions: facts forgotten in the forget row")
     parser.add_argument("--sequential", action="store_true",
@@ -414,8 +415,12 @@ def _run_ask_eval(args: argparse.Namespace) -> None:
         report = evaluate_questions(lm, load_questions(args.data, args.limit), sizes, args.forget, args.max_new_tokens)
         print(format_questions(report))
     else:
-        report = evaluate_edits_by_ask(lm, load_cases(args.data, limit=args.limit), args.max_new_tokens,
+        if args.offset < 0:
+            raise SystemExit("--offset must be >= 0")
+        limit = None if args.limit is None else args.offset + args.limit
+        report = evaluate_edits_by_ask(lm, load_cases(args.data, limit=limit)[args.offset :], args.max_new_tokens,
                                        sequential=args.sequential)
+        report["offset"] = args.offset
         print(f"| cases | rewrite (answer in reply) | paraphrase | locality unchanged |\n|---:|---:|---:|---:|\n"
               f"| {report['cases']} | {report['rewrite']:.3f} | {report['paraphrase']:.3f} | "
               f"{report['locality_unchanged']:.3f} |")

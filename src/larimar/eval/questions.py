@@ -156,39 +156,42 @@ def format_questions(report: dict[str, Any]) -> str:
 
 
 def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int = 32,
-                          batch_size: int = 16, sequential: bool = False) -> dict[str, Any]:
+                          batch_size: int = 16, sequential: bool = False, chunk: int = 64) -> dict[str, Any]:
     """Knowledge-editing cases (`larimar.eval.datasets.EditCase`, CounterFact or zsRE), asked
     through `ask` and judged by the reply (WILD-style: the reply must hold the new answer):
     rewrite (the edit's own prompt), paraphrase (its first paraphrase) and locality (a
     neighbourhood prompt's reply unchanged from the base model's).
 
-    Each fact is written alone into its own memory, or with `sequential` every fact is written
-    one after another into one memory and every past edit is asked once all are written."""
+    Each fact is written alone into its own memory (`chunk` cases' memories at a time, so a
+    long run does not hold a memory per case), or with `sequential` every fact is written one
+    after another into one memory and every past edit is asked once all are written."""
     started = time.perf_counter()
+    shared = None
     if sequential:
         shared = lm.new_memory()
         for case in cases:
             shared.write([case.fact])
-        memories = [shared] * len(cases)
-    else:
-        memories = []
-        for case in cases:
-            memories.append(lm.new_memory())
-            memories[-1].write([case.fact])
     written_s = time.perf_counter() - started
-    rewrite = lm.ask_many([c.prompt for c in cases], memories, max_new_tokens, batch_size=batch_size)
-    para_cases = [(c, m) for c, m in zip(cases, memories) if c.paraphrase_prompts]
-    paraphrase = lm.ask_many([c.paraphrase_prompts[0] for c, _ in para_cases], [m for _, m in para_cases],
+    rewrite, paraphrase, local, para_cases, local_cases = [], [], [], [], []
+    for at in range(0, len(cases), len(cases) if sequential else chunk):
+        part = list(cases[at : at + (len(cases) if sequential else chunk)])
+        memories = [shared] * len(part) if shared is not None else [_alone(lm, c.fact) for c in part]
+        rewrite += lm.ask_many([c.prompt for c in part], memories, max_new_tokens, batch_size=batch_size)
+        para = [(c, m) for c, m in zip(part, memories) if c.paraphrase_prompts]
+        paraphrase += lm.ask_many([c.paraphrase_prompts[0] for c, _ in para], [m for _, m in para],
+                                  max_new_tokens, batch_size=batch_size)
+        near = [(c, m) for c, m in zip(part, memories) if c.neighborhood_prompts]
+        local += lm.ask_many([c.neighborhood_prompts[0].prompt for c, _ in near], [m for _, m in near],
                              max_new_tokens, batch_size=batch_size)
-    local_cases = [(c, m) for c, m in zip(cases, memories) if c.neighborhood_prompts]
-    local_prompts = [c.neighborhood_prompts[0].prompt for c, _ in local_cases]
-    local = lm.ask_many(local_prompts, [m for _, m in local_cases], max_new_tokens, batch_size=batch_size)
+        para_cases += [c for c, _ in para]
+        local_cases += [c for c, _ in near]
+    local_prompts = [c.neighborhood_prompts[0].prompt for c in local_cases]
     base = lm.ask_many(local_prompts, None, max_new_tokens, batch_size=batch_size)
     return {
         "cases": len(cases),
         "sequential": sequential,
         "rewrite": _rate([holds(a.text, c.target_new) for a, c in zip(rewrite, cases)]),
-        "paraphrase": _rate([holds(a.text, c.target_new) for a, (c, _) in zip(paraphrase, para_cases)]),
+        "paraphrase": _rate([holds(a.text, c.target_new) for a, c in zip(paraphrase, para_cases)]),
         "locality_unchanged": _rate([a.text == b.text for a, b in zip(local, base)]),
         "locality_in_scope": _rate([a.in_scope for a in local]),
         "write_seconds": written_s,
@@ -197,7 +200,14 @@ def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int
         "misses": [{"prompt": c.prompt, "reply": a.text, "target": c.target_new}
                    for a, c in zip(rewrite, cases) if not holds(a.text, c.target_new)][:10],
         "paraphrase_misses": [{"prompt": c.paraphrase_prompts[0], "reply": a.text, "target": c.target_new}
-                              for a, (c, _) in zip(paraphrase, para_cases) if not holds(a.text, c.target_new)][:10],
+                              for a, c in zip(paraphrase, para_cases) if not holds(a.text, c.target_new)][:10],
         "locality_changed": [{"prompt": p, "base": b.text, "with_memory": a.text}
                              for p, a, b in zip(local_prompts, local, base) if a.text != b.text][:10],
     }
+
+
+def _alone(lm: Larimar, fact: str) -> Any:
+    """A fresh memory holding one fact."""
+    memory = lm.new_memory()
+    memory.write([fact])
+    return memory
