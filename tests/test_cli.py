@@ -125,3 +125,8 @@ def test_ask_eval_sequential_edits_share_one_memory(model: str, tmp_path: Path,
     report = json.loads(out.read_text())
     assert report["sequential"] is True and report["cases"] == 3
     assert all(0.0 <= report[k] <= 1.0 for k in ("rewrite", "paraphrase", "locality_unchanged", "locality_in_scope"))
+    code, _, _ = run(capsys, "ask-eval", "edits", "--data", str(path), "--model", model, "--offset", "1", "--limit", "1",
+                     "--max-new-tokens", "3", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert code == 0 and report["cases"] == 1 and report["offset"] == 1 and report["sequential"] is False
+    assert report["examples"][0]["prompt"] == "Which country is Lake 1 in?"
