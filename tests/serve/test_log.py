@@ -110,6 +110,23 @@ def test_snapshots_fold_the_log_in(make_app: AppFactory, lm: larimar.Larimar, tm
     assert_same_memory(again, service(client)._memory(memory.id), lm, rtol=1e-9, atol=1e-12)
 
 
+def test_a_change_from_before_a_snapshot_does_not_bring_its_entries_back(make_app: AppFactory) -> None:
+    """A write computed from the cache as it was before a snapshot (the snapshot thread ran
+    meanwhile) keeps only the entries after the snapshot in its tail."""
+    from larimar.serve.service import Cached
+
+    client = TestClient(make_app(snapshot_every=3))
+    memory = MemoryHandle(client)
+    for fact in FACTS[:3]:
+        memory.write(fact)
+    svc = service(client)
+    svc.flush()
+    now = svc._memories[memory.id]
+    assert now.seq == 3 and now.tail == ()  # the snapshot folded entries 1-3 in
+    svc._cache(memory.id, Cached(now.memory, 4, (1, 2, 3, 4), 0.0))  # as a write that began before it
+    assert svc._memories[memory.id].tail == (4,)
+
+
 def test_database_from_before_the_log_loads(make_app: AppFactory, lm: larimar.Larimar, tmp_path: Path) -> None:
     """The schema of the first release: memories.state held the whole memory, no log table."""
     db = tmp_path / "old.db"

@@ -117,6 +117,7 @@ class MemoryService:
         self._verified = auth.VerifiedKeys()
         self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="larimar-snapshot")
         self._snapshotting: set[str] = set()
+        self._snapshotted: dict[str, int] = {}  # the last log entry this process stored a snapshot at
         self._closing = threading.Event()
         if snapshot_seconds > 0:
             threading.Thread(target=self._snapshot_timer, name="larimar-snapshot-timer", daemon=True).start()
@@ -387,11 +388,18 @@ class MemoryService:
         return Cached(memory, seq, (*cached.tail, seq), cached.since if cached.tail else self._clock())
 
     def _cache(self, memory_id: str, cached: Cached | None) -> None:
+        """Keep `cached` (None: drop the memory). Log entries that a snapshot stored meanwhile
+        leave its tail: a change computed from an older `Cached` would otherwise bring them back."""
         with self._guard:
             if cached is None:
                 self._memories.pop(memory_id, None)
-            else:
-                self._memories[memory_id] = cached
+                self._snapshotted.pop(memory_id, None)
+                return
+            stored = self._snapshotted.get(memory_id, 0)
+            if cached.tail and cached.tail[0] <= stored:
+                tail = tuple(s for s in cached.tail if s > stored)
+                cached = Cached(cached.memory, cached.seq, tail, self._clock() if tail else None)
+            self._memories[memory_id] = cached
 
     def snapshot_due(self) -> None:
         """Schedule the snapshots now due by count or by age (the timer calls this every second or so)."""
@@ -434,6 +442,7 @@ class MemoryService:
                 logger.info("memory %s: snapshot after log entry %d (%d entries folded in)",
                             memory_id, cached.seq, len(cached.tail))
             with self._guard:
+                self._snapshotted[memory_id] = max(cached.seq, self._snapshotted.get(memory_id, 0))
                 now = self._memories.get(memory_id)
                 if now is not None:
                     tail = tuple(s for s in now.tail if s > cached.seq)
