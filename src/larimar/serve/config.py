@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ALLOWED_CONTROLS = frozenset("\t\n")
+"""Control characters a fact or a question may hold; other C0 codes (NUL, ESC, ...) are refused."""
+
+
+def control_characters(text: str) -> list[str]:
+    """The C0 control characters in `text` other than tab and newline, as U+XXXX codes."""
+    return sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 0x20 and c not in ALLOWED_CONTROLS})
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from ..editing import Answer, Fact, Larimar, Memory
 from . import auth
-from .config import Limits
+from .config import Limits, control_characters
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
 from .batching import AskRequest, ask_engine, larimar_ask_many
@@ -36,8 +36,6 @@ __all__ = ["Created", "MemoryService", "Scored", "memory_bytes", "memory_from_by
 
 DEFAULT_NEW_TOKENS = 20
 """Tokens an answer generates when the request does not say."""
-ALLOWED_CONTROLS = frozenset("\t\n")
-"""Control characters a fact or a question may hold; other C0 codes (NUL, ESC, ...) are refused."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,6 @@ def _row(fact: Fact) -> FactRow:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def control_characters(text: str) -> list[str]:
-    """The C0 control characters in `text` other than tab and newline, as U+XXXX codes."""
-    return sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 0x20 and c not in ALLOWED_CONTROLS})
 
 
 class MemoryService:
