@@ -70,12 +70,17 @@ def head_mask(encoder: SentenceEncoder, texts: Sequence[str], width: int) -> Ten
     return mask
 
 
-def scope_similarities(keys: Tensor, views: Tensor) -> Tensor:
-    """(V, N): for each query view (V, H), the best cosine to each item over its keys (N, S, H).
+def scope_cosines(keys: Tensor, views: Tensor) -> Tensor:
+    """(N, S, V): the cosine of each query view (V, H) to each key of each item (N, S, H).
 
     One (N * S, H) x (H, V) product on the keys as stored (no permuted copy of them)."""
     n, s, h = keys.shape
-    return (keys.reshape(n * s, h) @ views.to(keys).T).reshape(n, s, -1).amax(1).T
+    return (keys.reshape(n * s, h) @ views.to(keys).T).reshape(n, s, -1)
+
+
+def scope_similarities(keys: Tensor, views: Tensor) -> Tensor:
+    """(V, N): for each query view (V, H), the best cosine to each item over its keys (N, S, H)."""
+    return scope_cosines(keys, views).amax(1).T
 
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

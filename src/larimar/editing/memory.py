@@ -83,7 +83,8 @@ class Memory:
         return len(self._facts)
 
     def __repr__(self) -> str:
-        return f"Memory({len(self)} facts, {len(self.items.owners)} items, {len(self._episodes)} episodes)"
+        items = len(self._items.owners) if self._live is None else int(self._live.sum())
+        return f"Memory({len(self)} facts, {items} items, {len(self._episodes)} episodes)"
 
     def facts(self) -> list[Fact]:
         """The facts in the order they were written."""

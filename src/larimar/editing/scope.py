@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..model.larimar import LarimarModel
 from ..model.scope import PairFeatures, ScopeConfig, probability
+from .encoding import scope_cosines
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,10 @@ class ScopeDetector:
         Returns:
             The best match, or None when there are no (live) items.
         """
-        n, s, h = keys.shape
-        count = n if live is None else int(live.sum())
+        count = keys.shape[0] if live is None else int(live.sum())
         if count == 0:
             return None
-        cos = (keys.reshape(n * s, h) @ embedded.to(keys).T).reshape(n, s, -1)  # (N, S, V), keys not copied
+        cos = scope_cosines(keys, embedded)  # (N, S, V)
         best = cos.amax(dim=(1, 2))  # (N,)
         if live is not None:
             best = best.masked_fill(~live, float("-inf"))

@@ -173,8 +173,9 @@ def evaluate_edits_by_ask(lm: Larimar, cases: Sequence[Any], max_new_tokens: int
             shared.write([case.fact])
     written_s = time.perf_counter() - started
     rewrite, paraphrase, local, para_cases, local_cases = [], [], [], [], []
-    for at in range(0, len(cases), len(cases) if sequential else chunk):
-        part = list(cases[at : at + (len(cases) if sequential else chunk)])
+    step = max(1, len(cases)) if sequential else chunk  # one memory for all: one part
+    for at in range(0, len(cases), step):
+        part = list(cases[at : at + step])
         memories = [shared] * len(part) if shared is not None else [_alone(lm, c.fact) for c in part]
         rewrite += lm.ask_many([c.prompt for c in part], memories, max_new_tokens, batch_size=batch_size)
         para = [(c, m) for c, m in zip(part, memories) if c.paraphrase_prompts]
