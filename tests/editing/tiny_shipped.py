@@ -19,9 +19,10 @@ from larimar.model.scope import ScopeConfig
 from tests.tiny import save_base_models
 
 CODE, SEQUENCE = 16, 512
-TINY_SCOPE = ScopeConfig(w1=[[0.0, 0.0, 6.0, 0.0, 0.0, 0.0, -6.0, 0.0, 0.0, 0.0]], b1=[-3.0], w2=[8.0], b2=0.0)
+TINY_SCOPE = ScopeConfig(w1=[[0.0, 0.0, 6.0, 0.0, 0.0, 0.0, -6.0, 0.0, 0.0, 0.0, -6.0]], b1=[-3.0], w2=[8.0], b2=0.0)
 """A trained detector's shape with set weights: in scope when the query's words are the text's
-(cover_query near 1) and no name in the query is missing from the text."""
+(cover_query near 1), no name in the query is missing from the text, and a question for a number
+or a date meets a text that states one."""
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant> {% endif %}"

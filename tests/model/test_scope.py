@@ -47,6 +47,21 @@ def test_features_see_a_missing_name_and_shared_words() -> None:
     assert 0.0 <= named[1]["cover_text"] <= 1.0 and named[1]["missing_mass"] > named[0]["missing_mass"]
 
 
+@pytest.mark.parametrize(("query", "text", "unmet"), [
+    ("When was Acme Corp founded?", "Acme Corp is owned by Siemens.", 1.0),
+    ("how many games are there for the xbox one", "Xbox One is created by Square.", 1.0),
+    ("When was Acme Corp founded?", "Acme Corp was founded in 1921.", 0.0),
+    ("How old is Vera Quist?", "Vera Quist is forty years old.", 0.0),
+    ("When is the budget review?", "The budget review is on Monday.", 0.0),
+    ("Who owns Acme Corp?", "Acme Corp is owned by Siemens.", 0.0),
+    ("When Acme Corp was sold, the staff held a", "Acme Corp is owned by Siemens.", 0.0),
+    ("q: when did acme corp open", "Acme Corp is owned by Siemens.", 1.0),
+])
+def test_a_question_for_a_number_or_date_is_unmet_by_a_text_without_one(query: str, text: str, unmet: float) -> None:
+    named = dict(zip(FEATURES, PairFeatures(bpe_tokenizer())(query, text, 0.5, 0.5).tolist()))
+    assert named["number_unmet"] == unmet
+
+
 def test_rarity_is_low_for_merged_common_words_and_one_for_split_ones() -> None:
     features = PairFeatures(bpe_tokenizer())
     assert features.rarity("zyxwvq") == 1.0  # several tokens

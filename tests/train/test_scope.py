@@ -10,17 +10,20 @@ import pytest
 import torch
 
 from larimar.model import LarimarModel
-from larimar.model.scope import ScopeConfig, words
+from larimar.model.scope import FEATURES, ScopeConfig, words
 from larimar.train.config import ExportConfig
 from larimar.train.scope import (
+    OTHER_QUESTIONS,
     QUESTIONS,
     SCOPE_FILE,
     ScopeTrainConfig,
     build_pairs,
+    casual,
     fit_network,
     relation,
     templated_pairs,
     train_scope,
+    with_casual,
 )
 from tests.editing.tiny_shipped import shipped_config
 
@@ -56,9 +59,28 @@ def test_pairs_label_queries_about_the_fact() -> None:
     assert all(f == fact for _, f, _, case in pairs if case == 0)
     assert ("Subject0 Tower is located in", 1) in own and ("Other0 Bridge is located in", 0) in own
     assert ("Where is Subject0 Tower located?", 1) in own
-    assert not any(label == 0 and "Subject0 " in q for q, label in own)
+    about_subject = [q for q, label in own if label == 0 and "Subject0 " in q]
+    assert len(about_subject) == 1 and any(q == f.format("Subject0 Tower") for f in OTHER_QUESTIONS
+                                           for q in about_subject)  # only a question for a date or number
     assert any(label == 0 and "Paris" in q and q.endswith("?") for q, label in own)  # about the answer
     assert not any(q.endswith("?") for q, _, _, case in pairs if case == 2 and _ == 1)  # "{}, the": no questions
+
+
+def test_subjects_sharing_a_word_give_negative_pairs() -> None:
+    recs = records(6)
+    recs[3] |= {"subject": "Grand Hotel", "prompt": "Grand Hotel is located in"}
+    recs[0] |= {"subject": "Grand Canyon", "prompt": "Grand Canyon is located in"}
+    pairs = build_pairs(recs, seed=0)
+    assert ("Where is Grand Hotel located?", "Grand Canyon is located in Paris.", 0, 0) in pairs or \
+        ("Where can Grand Hotel be found?", "Grand Canyon is located in Paris.", 0, 0) in pairs
+
+
+def test_casual_copies_keep_labels_and_lower_the_case() -> None:
+    assert casual("Where is Grand Hotel located? ") == "where is grand hotel located"
+    pairs = [("Where is X?", "X is in Rome.", 1, 0), ("Who owns Y?", "X is in Rome.", 0, 0)]
+    assert with_casual(pairs, 0.0, random.Random(0)) == pairs
+    both = with_casual(pairs, 1.0, random.Random(0))
+    assert both[2:] == [("where is x", "X is in Rome.", 1, 0), ("who owns y", "X is in Rome.", 0, 0)]
 
 
 def test_templated_pairs_ask_about_their_own_names() -> None:
@@ -73,7 +95,7 @@ def test_templated_pairs_ask_about_their_own_names() -> None:
 
 def test_the_network_fits_a_separable_rule() -> None:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 10, generator=gen, dtype=torch.float64)
+    x = torch.randn(400, len(FEATURES), generator=gen, dtype=torch.float64)
     y = (x[:, 0] - x[:, 6] > 0).double()
     config = ScopeConfig(**fit_network(x, y, hidden=4, l2=1e-4, seed=0))
     from larimar.model.scope import probability
@@ -102,3 +124,5 @@ def test_scope_stage_errors_are_explained(tmp_path: Path) -> None:
         train_scope(ScopeTrainConfig(data=str(tmp_path / "missing.json")), None, None, tmp_path, 0)
     with pytest.raises(ValueError, match="hidden >= 1"):
         ScopeTrainConfig(hidden=0)
+    with pytest.raises(ValueError, match="casual"):
+        ScopeTrainConfig(casual=1.5)

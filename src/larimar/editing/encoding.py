@@ -6,7 +6,7 @@ Shapes: N texts, C code size (latent), H encoder hidden size (embedding).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,14 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
     with encoder.evaluating():
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            batch = encoder.tokenize(chunk)
+            batch = encoder.tokenize(chunk, offsets=scope_keys)
             hidden = encoder.states(batch["input_ids"], batch["attention_mask"])  # (b, T, H)
             pooled = encoder.pool_states(hidden, batch["attention_mask"])  # (b, H)
             latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"), batch.get("sequence"))
             latents.append(latent.to(MEMORY_DTYPE))  # (b, C)
             whole = F.normalize(pooled.to(MEMORY_DTYPE), dim=-1)  # (b, H)
             if scope_keys:
-                head = mean_pool(hidden, head_mask(encoder, chunk, hidden.shape[1]).to(hidden.device))
+                head = mean_pool(hidden, head_mask(chunk, batch).to(hidden.device))
                 head = F.normalize(head.to(MEMORY_DTYPE), dim=-1)
                 embeddings.append(torch.stack([whole, head], dim=1))  # (b, 2, H)
             else:
@@ -52,16 +52,17 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
     return torch.cat(latents), torch.cat(embeddings)
 
 
-def head_mask(encoder: SentenceEncoder, texts: Sequence[str], width: int) -> Tensor:
-    """(N, width) 1 on the encoder tokens of each text's head: its first special token and the
-    tokens before its last word. A one-word text keeps all its tokens (its head is itself)."""
-    enc = encoder.tokenizer(list(texts), padding="max_length", truncation=True, max_length=width,
-                            return_offsets_mapping=True, return_special_tokens_mask=True)
+def head_mask(texts: Sequence[str], batch: Mapping[str, Tensor]) -> Tensor:
+    """(N, T) 1 on the encoder tokens of each text's head: its first special token and the
+    tokens before its last word. A one-word text keeps all its tokens (its head is itself).
+    `batch` is the texts' `SentenceEncoder.tokenize(texts, offsets=True)`."""
+    width = batch["input_ids"].shape[1]
     mask = torch.zeros(len(texts), width, dtype=torch.long)
+    special_rows, offset_rows, attention_rows = (batch["special_tokens_mask"].tolist(),
+                                                 batch["offset_mapping"].tolist(), batch["attention_mask"].tolist())
     for row, text in enumerate(texts):
         head = split_last_word(text)[0]
-        special, offsets, attention = (enc["special_tokens_mask"][row], enc["offset_mapping"][row],
-                                       enc["attention_mask"][row])
+        special, offsets, attention = special_rows[row], offset_rows[row], attention_rows[row]
         keep = [i for i, (s, (_, stop), a) in enumerate(zip(special, offsets, attention))
                 if a and ((s and i == 0) or (not s and 0 < stop <= len(head)))]
         if not head or len(keep) < 2:

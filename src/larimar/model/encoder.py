@@ -240,8 +240,10 @@ class SentenceEncoder(nn.Module):
                 return tokens[: i + 1]
         return tokens
 
-    def tokenize(self, texts: list[str]) -> BatchEncoding:
-        """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device."""
+    def tokenize(self, texts: list[str], offsets: bool = False) -> BatchEncoding:
+        """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device.
+        With `offsets`, the batch also holds each token's character span ("offset_mapping") and
+        "special_tokens_mask", for the caller (the encoder body takes neither)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         batch = self.tokenizer(
@@ -250,6 +252,8 @@ class SentenceEncoder(nn.Module):
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
+            return_offsets_mapping=offsets,
+            return_special_tokens_mask=offsets,
         )
         if self.lexical_head is not None:
             batch["lexical_ids"], batch["lexical_mask"] = self.lexical(list(texts))

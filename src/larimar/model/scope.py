@@ -3,7 +3,8 @@
 The detector sees one (query, item) pair at a time: the item's text and the cosine similarity
 of the query to the item's two scope keys (the whole text's sentence embedding and its head's,
 see `larimar.editing.encoding.encode_texts`), plus word-overlap features that a cosine misses:
-whether the query's rare words (names, numbers, subjects) appear in the text. A word's rarity
+whether the query's rare words (names, numbers, subjects) appear in the text, and whether a
+question for a number or a date ("when", "how many") meets a text that states none. A word's rarity
 comes from the decoder's BPE vocabulary: byte-pair merges are numbered roughly by frequency,
 so a high token id, or a word that takes several tokens, is rare. A small network over these
 features (`ScopeConfig`, fitted by `larimar.train.scope`) gives the probability that the query
@@ -28,10 +29,23 @@ import torch
 from torch import Tensor
 
 FEATURES = ("cos_whole", "cos_head", "cover_query", "cover_text", "missing_max", "shared_max",
-            "name_missing", "name_shared", "shared_mass", "missing_mass")
+            "name_missing", "name_shared", "shared_mass", "missing_mass", "number_unmet")
 """The pair features, in order (see `PairFeatures`)."""
 
 WORD = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
+ASKS_NUMBER = re.compile(
+    r"(?:^|[:.!?]\s)\s*(?:when (?:did|does|do|is|was|were|are|will|would|has|have|had|can|could|should)"
+    r"|how (?:many|much|old|long|tall|far|often|big)|(?:in )?(?:what|which) (?:year|date|age|day|month))\b",
+    re.IGNORECASE)
+"""A question, opening the query or one of its sentences, whose answer is a number or a date
+("When did ...", "how many ..."; not the clause "When X died, ...")."""
+NUMBER_WORDS = frozenset(
+    "two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty seventy eighty "
+    "ninety hundred thousand million billion dozen century decade january february march april june july "
+    "august september october november december monday tuesday wednesday thursday friday saturday sunday "
+    "yesterday tomorrow".split())
+"""Words that state a number or a date without digits ("one", "first", "second" and "may" are left
+out: they are as often a name's part, an ordinal or a verb, "Xbox One")."""
 FIRST_MERGE = 256
 """BPE ids below this are single bytes; rarity counts from here."""
 
@@ -151,5 +165,7 @@ class PairFeatures:
         weight_t = sum(rarities)
         cover_text = sum(rarities[j] for j in matched_text) / weight_t if weight_t else 0.0
         cover_query = found / weight_q if weight_q else 0.0
+        states_number = any(c.isdigit() for c in text) or any(w in NUMBER_WORDS for w in written)
+        number_unmet = float(bool(ASKS_NUMBER.search(query)) and not states_number)
         return torch.tensor([cos_whole, cos_head, cover_query, cover_text, missing_max, shared_max,
-                             name_missing, name_shared, found, weight_q - found], dtype=torch.float64)
+                             name_missing, name_shared, found, weight_q - found, number_unmet], dtype=torch.float64)

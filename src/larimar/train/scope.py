@@ -6,11 +6,15 @@ Yasuda, the piano."). Queries about the fact (label 1): the prompt, its paraphra
 questions formed from the relation's wording ("What does Toko Yasuda play?"). Queries not about
 it (label 0): the neighbourhood prompt (same relation, another subject), the same questions
 about another subject of that relation, a question of another relation about the fact's answer
-("Where is piano located?": the text names it, but is not about it), and a random case's question
-or prompt. (A question of
-another relation about the same subject is left out: the written fact is often a fair answer
-to it, "What does Honus Wagner do?" against "Honus Wagner plays football.") Cases are split once into fitting and validation
-cases; the validation accuracy of the fitted model and of a cosine threshold are reported.
+("Where is piano located?": the text names it, but is not about it), a random case's question
+or prompt, a question about the same subject for a date or a number (which no CounterFact
+relation gives), and the fact's questions about another subject that shares a word with its
+own. Other questions about the same subject are left out: the written fact is often a fair
+answer to them ("What does Honus Wagner do?" against "Honus Wagner plays football."), and the
+detector's features cannot tell the relations apart. Half of all pairs come again with
+the query typed casually (lower case, no question mark). Cases are split once into fitting and
+validation cases; the validation accuracy of the fitted model and of a cosine threshold are
+reported.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..editing.encoding import encode_texts, query_views
-from ..model.scope import FEATURES, PairFeatures, ScopeConfig, probability
+from ..model.scope import FEATURES, PairFeatures, ScopeConfig, probability, words
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,12 @@ QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
 ]
 """(pattern over a prompt's template, question forms): the first pattern that matches names the
 relation. Templates no pattern matches ("{}, the") give no questions."""
+
+OTHER_QUESTIONS = ("When was {} founded?", "How many people work for {}?", "When did {} start?",
+                   "How old is {}?", "What year did {} first appear?", "How many times has {} won?",
+                   "when did {} come out", "how many members does {} have")
+"""Questions about a subject whose answer (a date or a number) no CounterFact relation gives:
+never answered by a CounterFact fact of that subject."""
 
 
 FIRST = ("Amara", "Bruno", "Chiara", "Dmitri", "Esther", "Farid", "Greta", "Hugo", "Ingrid", "Jonas", "Keiko",
@@ -153,14 +163,18 @@ class ScopeTrainConfig:
     """Items the fitted detector examines per query (`ScopeConfig.candidates`)."""
     baseline_cosine: float = 0.66
     """The cosine threshold the validation report compares the detector with."""
+    casual: float = 0.5
+    """Share of pairs added again with the query in lower case and without its question mark."""
     hidden: int = 16
     """Hidden units of the detector's network."""
     l2: float = 1e-3
     """Ridge penalty on the network's weights."""
 
     def __post_init__(self) -> None:
-        if self.cases < 10 or self.templated < 0 or self.candidates < 1 or self.hidden < 1 or self.l2 < 0:
-            raise ValueError("scope: need cases >= 10, templated >= 0, candidates >= 1, hidden >= 1, l2 >= 0")
+        if (self.cases < 10 or self.templated < 0 or self.candidates < 1 or self.hidden < 1 or self.l2 < 0
+                or not 0 <= self.casual <= 1):
+            raise ValueError("scope: need cases >= 10, templated >= 0, candidates >= 1, hidden >= 1, l2 >= 0, "
+                             "0 <= casual <= 1")
 
 
 def relation(template: str) -> int | None:
@@ -184,6 +198,10 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
         if rel is not None:
             by_relation[rel].append(i)
     questions = [QUESTIONS[rel][1] if rel is not None else () for rel in relations]
+    by_word: dict[str, list[int]] = defaultdict(list)
+    for i, subject in enumerate(subjects):
+        for word in _subject_words(subject):
+            by_word[word].append(i)
     pairs: list[tuple[str, str, int, int]] = []
     for i, r in enumerate(records):
         fact, subject = facts[i], subjects[i]
@@ -193,6 +211,12 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
         if rel is not None and len(by_relation[rel]) > 1:
             other = rng.choice([j for j in rng.sample(by_relation[rel], 2) if j != i])
             pairs.append((rng.choice(questions[i]).format(subjects[other]), fact, 0, i))
+        pairs.append((rng.choice(OTHER_QUESTIONS).format(subject), fact, 0, i))
+        namesakes = [j for w in _subject_words(subject) for j in by_word[w] if subjects[j] != subject]
+        if namesakes:  # another subject sharing a word of this one ("Fast Five", "Fast Times")
+            j = rng.choice(namesakes)
+            pairs.append((rng.choice(questions[i]).format(subjects[j]) if questions[i] else records[j]["prompt"],
+                          fact, 0, i))
         if r["target_new"].strip().lower() not in subject.lower():
             asked = rng.choice([k for k in range(len(QUESTIONS)) if k != rel])
             pairs.append((rng.choice(QUESTIONS[asked][1]).format(r["target_new"].strip()), fact, 0, i))
@@ -200,6 +224,23 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
         if subjects[j] != subject:
             pairs.append((rng.choice(questions[j]).format(subjects[j]) if questions[j] else records[j]["prompt"], fact, 0, i))
     return pairs
+
+
+def _subject_words(subject: str) -> set[str]:
+    """A subject's distinctive words (lower-cased, four letters or more)."""
+    return {w.lower() for w in words(subject) if len(w) >= 4}
+
+
+def casual(query: str) -> str:
+    """A query as people type it in a hurry: lower case, no closing question mark."""
+    return query.lower().rstrip().removesuffix("?").rstrip()
+
+
+def with_casual(pairs: list[tuple[str, str, int, int]], share: float,
+                rng: random.Random) -> list[tuple[str, str, int, int]]:
+    """The pairs plus, for a `share` of them, the same pair with its query typed casually."""
+    extra = [(casual(q), fact, label, case) for q, fact, label, case in pairs if rng.random() < share]
+    return pairs + [p for p in extra if p[0]]
 
 
 def pair_features(encoder: Any, features: PairFeatures,
@@ -267,6 +308,7 @@ def train_scope(config: ScopeTrainConfig, encoder: Any, tokenizer: Any, out_dir:
     random.Random(seed).shuffle(records)
     records = records[: config.cases]
     pairs = build_pairs(records, seed) + templated_pairs(random.Random(seed + 1), config.templated, len(records))
+    pairs = with_casual(pairs, config.casual, random.Random(seed + 2))
     x, owners = pair_features(encoder, PairFeatures(tokenizer), pairs)
     y = torch.tensor([pairs[k][2] for k in owners], dtype=torch.float64)
     val = torch.tensor([pairs[k][3] % 5 == 0 for k in owners])
