@@ -10,7 +10,8 @@ per query, the scope decision, scoring one candidate and greedy generation in sc
 the plain decoder (z=None) on the same prompt. Scoring and generation are also timed given the
 readout (the conditioned decoder alone); the plain decoder generates as many steps as the
 generation in scope took (a reply from memory ends where the written fact ends). Ratios are taken within one
-run: query time at the largest N against the smallest. Times are medians over repeats after a warm-up call.
+run: query time at the largest N against the smallest. Times are medians over repeats after a warm-up call;
+the "paired" ratios time the two sides back to back in each repeat and take the median of the ratios.
 Prints markdown tables and writes JSON (benchmarks/results/edit_latency.json).
 """
 
@@ -63,8 +64,31 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def seconds(fn: Callable[[], Any]) -> float:
+    """Wall time of one call of fn, in seconds."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired_ratio(fn: Callable[[], float], base: Callable[[], float], repeats: int) -> float:
+    """Median over repeats of fn's time over base's time, the two timed back to back (in turn
+    first), so that the machine's load drifts out of each ratio. Each callable returns its own
+    time in seconds."""
+    fn(), base()
+    ratios = []
+    for i in range(repeats):
+        if i % 2:
+            b, a = base(), fn()
+        else:
+            a, b = fn(), base()
+        ratios.append(a / b)
+    return statistics.median(ratios)
+
+
 def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
-    """ms of: one encoder pass of a fact, writing it, forgetting it."""
+    """ms of: one encoder pass of a fact, writing it, forgetting it; and the paired ratio of a
+    write to an encoder pass."""
     model = memory.model
 
     def write_timed() -> float:
@@ -73,6 +97,9 @@ def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
         elapsed = time.perf_counter() - start
         memory.forget(fact_id)
         return elapsed
+
+    def encoder_timed() -> float:
+        return seconds(lambda: model.encoder.encode([EDIT_FACT]))
 
     def forget_timed() -> float:
         fact_id = memory.write([EDIT_FACT])[0]
@@ -85,6 +112,7 @@ def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
         "encoder_forward": timed(lambda: model.encoder.encode([EDIT_FACT]), repeats),
         "write": 1e3 * statistics.median(write_timed() for _ in range(repeats)),
         "forget": 1e3 * statistics.median(forget_timed() for _ in range(repeats)),
+        "write_over_encoder_paired": paired_ratio(write_timed, encoder_timed, repeats),
     }
 
 
@@ -111,6 +139,12 @@ def query_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int, n
             lambda: generate(decoder, tok, [IN_SCOPE], z=z, max_new_tokens=new_tokens, candidates=recalled), repeats),
         "generate_in_scope": timed(lambda: lm.generate(IN_SCOPE, memory, max_new_tokens=new_tokens), repeats),
         "ask_in_scope": timed(lambda: lm.ask(QUESTION, memory, max_new_tokens=new_tokens), repeats),
+        "score_in_scope_over_plain_paired": paired_ratio(
+            lambda: seconds(lambda: lm.score(IN_SCOPE, [CANDIDATE], memory)),
+            lambda: seconds(lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE])), repeats),
+        "generate_in_scope_over_plain_paired": paired_ratio(
+            lambda: seconds(lambda: lm.generate(IN_SCOPE, memory, max_new_tokens=new_tokens)),
+            lambda: seconds(lambda: generate(decoder, tok, [IN_SCOPE], max_new_tokens=steps)), repeats),
     }
 
 
@@ -148,10 +182,10 @@ def main() -> None:
               flush=True)
         rows[n] = {"edit": edit_latencies(memory, args.repeats), "query": query_latencies(lm, memory, args.repeats, args.new_tokens)}
 
-    print("\n| facts | write ms | x encoder pass | forget ms | scope ms | score in scope x plain "
-          "| the same given the readout | generate in scope x plain, same steps | the same given the readout "
+    print("\n| facts | write ms | x encoder pass | paired | forget ms | scope ms | score in scope x plain | paired "
+          "| the same given the readout | generate in scope x plain, same steps | paired | the same given the readout "
           "| ask ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in rows.items():
         e, q = r["edit"], r["query"]
         r["ratios"] = {"write_over_encoder": e["write"] / e["encoder_forward"],
@@ -161,9 +195,10 @@ def main() -> None:
                        "generate_given_readout_over_plain": q["generate_in_scope_given_readout"]
                        / q["generate_plain_decoder"]}
         x = r["ratios"]
-        print(f"| {n} | {e['write']:.1f} | {x['write_over_encoder']:.2f} | {e['forget']:.1f} | "
-              f"{q['scope_decision']:.1f} | {x['score_in_scope_over_plain']:.2f} | "
-              f"{x['score_given_readout_over_plain']:.2f} | {x['generate_in_scope_over_plain']:.2f} | "
+        print(f"| {n} | {e['write']:.1f} | {x['write_over_encoder']:.2f} | {e['write_over_encoder_paired']:.2f} | "
+              f"{e['forget']:.1f} | {q['scope_decision']:.1f} | {x['score_in_scope_over_plain']:.2f} | "
+              f"{q['score_in_scope_over_plain_paired']:.2f} | {x['score_given_readout_over_plain']:.2f} | "
+              f"{x['generate_in_scope_over_plain']:.2f} | {q['generate_in_scope_over_plain_paired']:.2f} | "
               f"{x['generate_given_readout_over_plain']:.2f} | {q['ask_in_scope']:.0f} |")
     small, large = rows[sizes[0]]["query"], rows[sizes[-1]]["query"]
     ratios = {k: large[k] / small[k] for k in ("scope_decision", "score_in_scope", "generate_in_scope", "ask_in_scope")}

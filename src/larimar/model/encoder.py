@@ -240,10 +240,12 @@ class SentenceEncoder(nn.Module):
                 return tokens[: i + 1]
         return tokens
 
-    def tokenize(self, texts: list[str], offsets: bool = False) -> BatchEncoding:
+    def tokenize(self, texts: list[str], offsets: bool = False, channels: bool = True) -> BatchEncoding:
         """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device.
         With `offsets`, the batch also holds each token's character span ("offset_mapping") and
-        "special_tokens_mask", for the caller (the encoder body takes neither)."""
+        "special_tokens_mask", for the caller (the encoder body takes neither). Without
+        `channels`, the lexical and sequence channels' inputs are left out (for pooled states
+        alone, e.g. `embed`)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         batch = self.tokenizer(
@@ -255,9 +257,9 @@ class SentenceEncoder(nn.Module):
             return_offsets_mapping=offsets,
             return_special_tokens_mask=offsets,
         )
-        if self.lexical_head is not None:
+        if self.lexical_head is not None and channels:
             batch["lexical_ids"], batch["lexical_mask"] = self.lexical(list(texts))
-        if self.sequence_size:
+        if self.sequence_size and channels:
             batch["sequence"] = self.sequence(list(texts))
         return batch.to(self.head.weight.device)
 
@@ -285,7 +287,7 @@ class SentenceEncoder(nn.Module):
         with self.evaluating():  # no dropout: the same text always gives the same vector
             chunks = []
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenize(texts[start : start + batch_size])
+                batch = self.tokenize(texts[start : start + batch_size], channels=with_head)
                 pooled = self.pool(batch["input_ids"], batch["attention_mask"])  # (b, H)
                 chunks.append(self.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"),
                                           batch.get("sequence")) if with_head else pooled)

@@ -142,17 +142,15 @@ class PairFeatures:
 
     def __call__(self, query: str, text: str, cos_whole: float, cos_head: float) -> Tensor:
         """(F,) float64 features of one pair, in `FEATURES` order."""
-        asked = words(query)
-        written = [_norm(w) for w in words(text)]
+        asked, asks_number = self._query(query)
+        written, by_prefix, rarities, states_number = self._text(text)
         found, weight_q, shared_max, missing_max = 0.0, 0.0, 0.0, 0.0
         name_missing = name_shared = 0.0
         matched_text: set[int] = set()
-        for i, raw in enumerate(asked):
-            word = _norm(raw)
-            r = self.rarity(word)
+        for word, name, r in asked:
             weight_q += r
-            name = any(c.isdigit() for c in raw) or (i > 0 and raw[0].isupper())
-            hits = [j for j, w in enumerate(written) if same_word(word, w, exact=name)]
+            near = by_prefix.get(word[:4], ()) if len(word) >= 4 and not name else ()
+            hits = [j for j, w in enumerate(written) if w == word or (j in near and same_word(word, w))]
             if hits:
                 found += r
                 shared_max = max(shared_max, r)
@@ -161,11 +159,33 @@ class PairFeatures:
             else:
                 missing_max = max(missing_max, r)
                 name_missing = max(name_missing, float(name))
-        rarities = [self.rarity(w) for w in written]
         weight_t = sum(rarities)
         cover_text = sum(rarities[j] for j in matched_text) / weight_t if weight_t else 0.0
         cover_query = found / weight_q if weight_q else 0.0
-        states_number = any(c.isdigit() for c in text) or any(w in NUMBER_WORDS for w in written)
-        number_unmet = float(bool(ASKS_NUMBER.search(query)) and not states_number)
+        number_unmet = float(asks_number and not states_number)
         return torch.tensor([cos_whole, cos_head, cover_query, cover_text, missing_max, shared_max,
                              name_missing, name_shared, found, weight_q - found, number_unmet], dtype=torch.float64)
+
+    @lru_cache(maxsize=4096)  # noqa: B019 (one detector per model; the cache holds strings)
+    def _query(self, query: str) -> tuple[tuple[tuple[str, bool, float], ...], bool]:
+        """A query's normalised words with whether each is a name or number and its rarity, and
+        whether it asks for a number or a date."""
+        asked = []
+        for i, raw in enumerate(words(query)):
+            word = _norm(raw)
+            name = any(c.isdigit() for c in raw) or (i > 0 and raw[0].isupper())
+            asked.append((word, name, self.rarity(word)))
+        return tuple(asked), bool(ASKS_NUMBER.search(query))
+
+    @lru_cache(maxsize=65536)  # noqa: B019
+    def _text(self, text: str) -> tuple[list[str], dict[str, frozenset[int]], list[float], bool]:
+        """A text's normalised words, their positions by first four letters (words that
+        `same_word` may join share them), their rarities, and whether it states a number."""
+        written = [_norm(w) for w in words(text)]
+        by_prefix: dict[str, set[int]] = {}
+        for j, w in enumerate(written):
+            if len(w) >= 4:
+                by_prefix.setdefault(w[:4], set()).add(j)
+        states_number = any(c.isdigit() for c in text) or any(w in NUMBER_WORDS for w in written)
+        return (written, {k: frozenset(v) for k, v in by_prefix.items()}, [self.rarity(w) for w in written],
+                states_number)
