@@ -52,6 +52,7 @@ class _Lane:
     z: Tensor | None  # (B, C)
     seen: Tensor | None  # (B, 1) copy coverage so far (mode "output" with z)
     scale: Tensor | None  # (B,) copy_scale of each row's z
+    pointer: Tensor | None  # (B, V) each row's copy term before its gate (`pointer`)
     rows: list[Row] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
     candidates: Tensor | None = None  # (B, M), rebuilt when the rows change
@@ -196,12 +197,13 @@ class DecodeLoop:
             inputs = inputs._replace(tokens=torch.cat([inputs.tokens[:, :-1], restart], 1),
                                      previous=torch.cat([inputs.previous[:, :-1], restart], 1))
         lane = _Lane(front=start or inputs.memory, cache=inputs.cache, mask=inputs.mask,
-                     position=inputs.positions[:, -1:], z=z, seen=None, scale=None,
+                     position=inputs.positions[:, -1:], z=z, seen=None, scale=None, pointer=None,
                      token=(inputs.tokens if inputs.tokens is not None else ids)[:, -1:],  # as the sketch reads it
                      previous=ids[:, -1:],
                      rows=list(rows), out=[[] for _ in rows])
         if z is not None and dec.config.mode == "output":
-            lane.scale = dec.copy_scale(z, inputs.embeds.dtype) if dec.config.copy_seen_relative else None
+            lane.pointer = dec.pointer(z, inputs.embeds.dtype)
+            lane.scale = dec.copy_scale(z, inputs.embeds.dtype, lane.pointer) if dec.config.copy_seen_relative else None
             embeds = dec._embed(full_ids, z)
             lane.seen = dec.copy_coverage(embeds, z, mask=full_mask, scale=lane.scale)[:, -1]  # (B, 1)
         return lane, inputs
@@ -229,7 +231,7 @@ class DecodeLoop:
                 if lane.candidates is None and lane.rows[0].candidates is not None:
                     lane.candidates = candidate_ids([r.candidates for r in lane.rows], self.device)
                 return dec.fused_logits(hidden, z, lane.seen[:, None], inputs.tokens[:, -1:], inputs.previous[:, -1:],
-                                        lane.candidates)[:, -1]
+                                        lane.candidates, lane.pointer)[:, -1]
             return dec.decoder(inputs_embeds=inputs.embeds, attention_mask=inputs.mask, position_ids=inputs.positions,
                                cache=inputs.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
@@ -260,7 +262,7 @@ def _select(lane: _Lane, keep: list[int]) -> None:
         return
     lane.mask, lane.position = lane.mask[index], lane.position[index]
     lane.token, lane.previous = lane.token[index], lane.previous[index]
-    for name in ("z", "seen", "scale"):
+    for name in ("z", "seen", "scale", "pointer"):
         value = getattr(lane, name)
         setattr(lane, name, None if value is None else value[index])
     used = lane.mask.any(0)
@@ -288,7 +290,8 @@ def _merge(a: _Lane, b: _Lane) -> _Lane:
 
     return _Lane(front=a.front, cache=cache, mask=torch.cat(masks), position=torch.cat([a.position, b.position]),
                  token=torch.cat([a.token, b.token]), previous=torch.cat([a.previous, b.previous]), z=cat(a.z, b.z),
-                 seen=cat(a.seen, b.seen), scale=cat(a.scale, b.scale), rows=a.rows + b.rows, out=a.out + b.out)
+                 seen=cat(a.seen, b.seen), scale=cat(a.scale, b.scale), pointer=cat(a.pointer, b.pointer),
+                 rows=a.rows + b.rows, out=a.out + b.out)
 
 
 def _pad(x: Tensor, front: int, length: int, dim: int = 1) -> Tensor:

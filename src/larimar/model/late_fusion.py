@@ -56,15 +56,33 @@ class LateFusion:
             run = torch.maximum(run, past.to(run))
         return run.unsqueeze(-1)
 
-    def copy_scale(self, z: Tensor, dtype: torch.dtype) -> Tensor:
-        """(B,) the best cosine any token embedding reaches with U z (what relative coverage divides by)."""
+    def copy_scale(self, z: Tensor, dtype: torch.dtype, pointer: Tensor | None = None) -> Tensor:
+        """(B,) the best cosine any token embedding reaches with U z (what relative coverage
+        divides by). With tied input and output embeddings, `pointer(z)` (B, V) holds those
+        cosines times |U z|, so passing it saves a product with the vocabulary table."""
         direction = self.memory_map(self._code(z).to(dtype))  # (B, H)
-        best = (self._unit_embeddings(dtype) @ F.normalize(direction, dim=-1).T).amax(0)  # (B,)
+        if pointer is not None and self._tied():
+            best = pointer.amax(-1) / direction.norm(dim=-1).clamp_min(1e-12)
+        else:
+            best = (self._unit_embeddings(dtype) @ F.normalize(direction, dim=-1).T).amax(0)  # (B,)
         return best.clamp_min(1e-6)
+
+    def pointer(self, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """(..., V) the copy term before its gate, for latents z (..., C): every token's output
+        embedding over its norm, dotted with U z. It depends on z alone, so generation computes
+        it once per row and each step scales it by that step's gate (`fused_logits`)."""
+        _, head = self._body_and_head()
+        direction = self.memory_map(self._code(z.to(dtype)))  # (..., H)
+        return (direction @ head.weight.T) / self._head_norms(head.weight).clamp_min(1e-6)
+
+    def _tied(self) -> bool:
+        """Whether the decoder's input embeddings are its output head's weight."""
+        _, head = self._body_and_head()
+        return self.decoder.get_input_embeddings().weight is head.weight
 
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
                      tokens: Tensor | None = None, previous: Tensor | None = None,
-                     candidates: Tensor | None = None) -> Tensor:
+                     candidates: Tensor | None = None, pointer: Tensor | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -83,27 +101,26 @@ class LateFusion:
         (threshold t), and the copy term is off where the sketch confidently
         continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
         With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
-        candidates (B, M) limit the successor scores to the recalled text's tokens.
+        candidates (B, M) limit the successor scores to the recalled text's tokens. pointer,
+        `pointer(z)` when already known (B, V) for z (B, C), else computed here (once per row of z).
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
         _, head = self._body_and_head()
         z = z.to(hidden.dtype)
+        if pointer is None:
+            pointer = self.pointer(z, hidden.dtype)  # once per row of z, not per position
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
+            pointer = pointer.unsqueeze(-2)  # (B, 1, V)
         z, sketch = self._code(z), z[..., self.config.code_size :]
         features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
         mixed = hidden + self.fusion_out(features)
-        direction = self.memory_map(z)  # (..., H)
         gate = self.copy_gate(features)  # (..., 1)
         if seen is not None:
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
-        copy = direction * (2 * torch.sigmoid(gate))
-        weight = head.weight  # (V, H)
-        # both products with the (V, H) table in one matrix product: one pass over the table
-        both = torch.stack([mixed, copy]) @ weight.T  # (2, ..., V)
-        copied = both[1] / self._head_norms(weight).clamp_min(1e-6)  # (..., V)
-        logits = both[0] if head.bias is None else both[0] + head.bias
+        copied = (2 * torch.sigmoid(gate)) * pointer  # (..., V)
+        logits = F.linear(mixed, head.weight, head.bias)  # (..., V)
         cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
             if previous is None:
