@@ -98,8 +98,8 @@ def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
         memory.forget(fact_id)
         return elapsed
 
-    def encoder_timed() -> float:
-        return seconds(lambda: model.encoder.encode([EDIT_FACT]))
+    def encode() -> None:
+        model.encoder.encode([EDIT_FACT])
 
     def forget_timed() -> float:
         fact_id = memory.write([EDIT_FACT])[0]
@@ -109,10 +109,10 @@ def edit_latencies(memory: larimar.Memory, repeats: int) -> dict[str, float]:
 
     write_timed()
     return {
-        "encoder_forward": timed(lambda: model.encoder.encode([EDIT_FACT]), repeats),
+        "encoder_forward": timed(encode, repeats),
         "write": 1e3 * statistics.median(write_timed() for _ in range(repeats)),
         "forget": 1e3 * statistics.median(forget_timed() for _ in range(repeats)),
-        "write_over_encoder_paired": paired_ratio(write_timed, encoder_timed, repeats),
+        "write_over_encoder_paired": paired_ratio(write_timed, lambda: seconds(encode), repeats),
     }
 
 

@@ -27,10 +27,7 @@ from transformers.utils import logging as hf_logging
 
 import larimar
 from larimar.eval.datasets import load_cases
-
-
-def casual(prompt: str) -> str:
-    return prompt.lower().rstrip().removesuffix("?")
+from larimar.train.scope import casual
 
 
 def main() -> None:

@@ -131,6 +131,8 @@ class PairFeatures:
         self.tokenizer = tokenizer
         self.vocab = max(len(tokenizer), FIRST_MERGE + 2)
         self.rarity = lru_cache(maxsize=65536)(self._rarity)
+        self._query = lru_cache(maxsize=4096)(self._query_words)
+        self._text = lru_cache(maxsize=65536)(self._text_words)
 
     def _rarity(self, word: str) -> float:
         """0 for the commonest words, up to 1 for rare ones (a high BPE id, or several tokens)."""
@@ -166,8 +168,7 @@ class PairFeatures:
         return torch.tensor([cos_whole, cos_head, cover_query, cover_text, missing_max, shared_max,
                              name_missing, name_shared, found, weight_q - found, number_unmet], dtype=torch.float64)
 
-    @lru_cache(maxsize=4096)  # noqa: B019 (one detector per model; the cache holds strings)
-    def _query(self, query: str) -> tuple[tuple[tuple[str, bool, float], ...], bool]:
+    def _query_words(self, query: str) -> tuple[tuple[tuple[str, bool, float], ...], bool]:
         """A query's normalised words with whether each is a name or number and its rarity, and
         whether it asks for a number or a date."""
         asked = []
@@ -177,8 +178,7 @@ class PairFeatures:
             asked.append((word, name, self.rarity(word)))
         return tuple(asked), bool(ASKS_NUMBER.search(query))
 
-    @lru_cache(maxsize=65536)  # noqa: B019
-    def _text(self, text: str) -> tuple[list[str], dict[str, frozenset[int]], list[float], bool]:
+    def _text_words(self, text: str) -> tuple[list[str], dict[str, frozenset[int]], list[float], bool]:
         """A text's normalised words, their positions by first four letters (words that
         `same_word` may join share them), their rarities, and whether it states a number."""
         written = [_norm(w) for w in words(text)]
