@@ -119,13 +119,13 @@ class EpisodicMemory(nn.Module):
 
     def _check_state(self, state: MemoryState, like: Tensor) -> None:
         k, c = self.config.slots, self.config.code_size
-        if state.memory.shape[1:] != (k, c):
+        if (state.slots, state.code_size) != (k, c):
             raise MemoryInputError(
-                f"state holds memories of {tuple(state.memory.shape[1:])}; this module is {k} x {c}"
+                f"state holds memories of {(state.slots, state.code_size)}; this module is {k} x {c}"
             )
-        if state.memory.device != like.device or state.memory.dtype != like.dtype:
+        if state.device != like.device or state.dtype != like.dtype:
             raise MemoryInputError(
-                f"state is {state.memory.dtype} on {state.memory.device} but the input is "
+                f"state is {state.dtype} on {state.device} but the input is "
                 f"{like.dtype} on {like.device}; move one with .to()"
             )
 
@@ -205,7 +205,7 @@ class EpisodicMemory(nn.Module):
             self._check(z_query, "queries", state.batch_size)
             self._check_state(state, z_query)
             self._check_keys(keys, z_query)
-        return keys @ state.memory  # (B, Q, K) @ (B, K, C) -> (B, Q, C)
+        return state.parts()[0].left_multiply(keys)  # (B, Q, K) @ (B, K, C) -> (B, Q, C)
 
     def read_sampled(self, state: MemoryState, z_query: Tensor) -> SampledRead:
         """Stochastic read for training: W = W_mean + sigma * eps with a learned per-slot sigma."""
@@ -252,10 +252,10 @@ class EpisodicMemory(nn.Module):
             self._check_keys(keys, z)
         w = self.address(z) if keys is None else keys  # (B, E, K)
         alphas = _weights(alpha, z)  # (B, E)
-        m, r, f = state.memory, state.gram_pinv, state.free
+        m, r, f = state.parts()
         tol = self.rls_tol(z.dtype)
         for i in range(z.shape[1]):
-            m, r, f = rank_one_update(m, r, f, w[:, i], z[:, i], alphas[:, i], tol)
+            m, r, f = rank_one_update(m, r, f, w[:, i], z[:, i], alphas[:, i], tol)  # type: ignore[arg-type]
         return MemoryState(m, r, f)
 
 

@@ -20,6 +20,9 @@ Sherman-Morrison form cannot compute in floating point: it would need 1/lambda. 
 3. k lies in the written directions and d = 0: forgetting the only support of the direction
    v = R k (rank drops); with Q = I - v v^T / |v|^2:
    M = Q M + Q R v (z - k M) / |v|^2,  R = Q R Q,  F += v v^T / |v|^2.
+
+Each case changes M, R and F by rank one or two; the updates are deferred (`LowRankSum`), so a
+write reads the three matrices once and rewrites none of them.
 """
 
 from __future__ import annotations
@@ -30,21 +33,15 @@ import torch
 from torch import Tensor
 
 from .errors import MemoryInputError
+from .lowrank import LowRankSum
 
-
-def _outer_sum(base: Tensor, vecs: Tensor, coef: Tensor) -> Tensor:
-    """base + vecs @ coef @ vecs^T in one pass: base (B, K, K), vecs (B, K, n), coef (B, n, n)."""
-    return torch.baddbmm(base, vecs, coef @ vecs.mT)
-
-
-def _matvec(a: Tensor, x: Tensor) -> Tensor:
-    """(B, K, K) @ (B, K) -> (B, K)."""
-    return (a @ x.unsqueeze(-1)).squeeze(-1)
+State = tuple[LowRankSum, LowRankSum, LowRankSum]
 
 
 def rank_one_update(
-    memory: Tensor, gram_pinv: Tensor, free: Tensor, key: Tensor, value: Tensor, alpha: Tensor, tol: float
-) -> tuple[Tensor, Tensor, Tensor]:
+    memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor, alpha: Tensor,
+    tol: float,
+) -> State:
     """Add (alpha > 0) or remove (alpha < 0) one item in each of B memories.
 
     Args:
@@ -62,16 +59,16 @@ def rank_one_update(
     Raises:
         MemoryInputError: when a negative weight targets a key direction that was never written.
     """
-    u = _matvec(free, key)  # (B, K)
-    v = _matvec(gram_pinv, key)  # (B, K)
-    residual = value - (key.unsqueeze(1) @ memory).squeeze(1)  # (B, C)
+    u = free.matvec(key)  # (B, K)
+    v = gram_pinv.matvec(key)  # (B, K)
+    residual = value - memory.left_multiply(key.unsqueeze(1)).squeeze(1)  # (B, C)
     stats = torch.stack([key.square().sum(-1), u.square().sum(-1), (key * v).sum(-1), residual.sum(-1)])  # (4, B)
     cases = [_case(*col, a, tol) for col, a in zip(stats.T.tolist(), alpha.tolist())]  # one host sync
     kinds = set(cases)
     uu, beta = stats[1], stats[2]
     d = alpha.reciprocal() + beta  # (B,)
 
-    new: tuple[Tensor, Tensor, Tensor] | None = None
+    new: tuple[Tensor, ...] | None = None
     for kind in ("grow", "keep", "drop"):
         if kind not in kinds:
             continue
@@ -85,9 +82,10 @@ def rank_one_update(
         if len(kinds) == 1:
             return result
         mask = torch.tensor([c == kind for c in cases], device=key.device)
-        new = result if new is None else _select(mask, result, new)
+        dense = tuple(part.dense() for part in result)
+        new = dense if new is None else _select(mask, dense, new)
     assert new is not None
-    return new
+    return LowRankSum(new[0]), LowRankSum(new[1]), LowRankSum(new[2])
 
 
 def _case(kk: float, uu: float, beta: float, residual_sum: float, alpha: float, tol: float) -> str:
@@ -102,48 +100,50 @@ def _case(kk: float, uu: float, beta: float, residual_sum: float, alpha: float, 
     return "drop" if abs(inv_alpha + beta) <= tol * (abs(inv_alpha) + abs(beta)) else "keep"
 
 
-def _keep(
-    memory: Tensor, gram_pinv: Tensor, free: Tensor, v: Tensor, d: Tensor, residual: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def _symmetric(base: LowRankSum, vecs: Tensor, coef: Tensor) -> LowRankSum:
+    """base + vecs @ coef @ vecs^T: vecs (B, K, n), coef (B, n, n)."""
+    return base.plus(vecs @ coef, vecs.mT)
+
+
+def _keep(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, v: Tensor, d: Tensor,
+          residual: Tensor) -> State:
     """Case 2: Sherman-Morrison inside the written directions."""
-    m = torch.baddbmm(memory, (v / d[:, None]).unsqueeze(-1), residual.unsqueeze(1))
-    r = _outer_sum(gram_pinv, v.unsqueeze(-1), (-1 / d)[:, None, None])
+    m = memory.plus((v / d[:, None]).unsqueeze(-1), residual.unsqueeze(1))
+    r = _symmetric(gram_pinv, v.unsqueeze(-1), (-1 / d)[:, None, None])
     return m, r, free
 
 
-def _grow(
-    memory: Tensor, gram_pinv: Tensor, free: Tensor, u: Tensor, v: Tensor, uu: Tensor, c: Tensor, residual: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def _grow(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, u: Tensor, v: Tensor, uu: Tensor,
+          c: Tensor, residual: Tensor) -> State:
     """Case 1: the key opens a new direction u."""
     uu = uu.clamp_min(torch.finfo(uu.dtype).tiny)
-    m = torch.baddbmm(memory, (u / uu[:, None]).unsqueeze(-1), residual.unsqueeze(1))  # (B, K, C)
+    m = memory.plus((u / uu[:, None]).unsqueeze(-1), residual.unsqueeze(1))  # (B, K, C)
     vecs = torch.stack([u, v], dim=-1)  # (B, K, 2)
     coef = torch.stack(
         [torch.stack([c / uu.square(), -1 / uu], -1), torch.stack([-1 / uu, torch.zeros_like(uu)], -1)], -2
     )  # (B, 2, 2)
-    r = _outer_sum(gram_pinv, vecs, coef)
-    f = _outer_sum(free, u.unsqueeze(-1), (-1 / uu)[:, None, None])
+    r = _symmetric(gram_pinv, vecs, coef)
+    f = _symmetric(free, u.unsqueeze(-1), (-1 / uu)[:, None, None])
     return m, r, f
 
 
-def _drop(
-    memory: Tensor, gram_pinv: Tensor, free: Tensor, v: Tensor, residual: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def _drop(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, v: Tensor, residual: Tensor) -> State:
     """Case 3: forgetting removes the direction v = R k."""
     vv = v.square().sum(-1).clamp_min(torch.finfo(v.dtype).tiny)  # (B,)
     n = v / vv.sqrt()[:, None]  # (B, K) unit vector
-    rv = _matvec(gram_pinv, n)  # (B, K)
+    rv = gram_pinv.matvec(n)  # (B, K)
     q_rv = rv - n * (n * rv).sum(-1, keepdim=True)  # Q R n
-    q_m = torch.baddbmm(memory, n.unsqueeze(-1), n.unsqueeze(1) @ memory, alpha=-1)  # Q M
-    m = q_m + (q_rv / vv.sqrt()[:, None]).unsqueeze(-1) * residual.unsqueeze(1)
+    n_m = memory.left_multiply(n.unsqueeze(1)).squeeze(1)  # (B, C) n^T M
+    # M' = Q M + Q R n (z - k M) / |v| = M - n (n^T M) + (Q R n / |v|) residual^T
+    m = memory.plus(torch.stack([-n, q_rv / vv.sqrt()[:, None]], -1), torch.stack([n_m, residual], 1))
     nrn = (n * rv).sum(-1)
     vecs = torch.stack([n, rv], dim=-1)  # (B, K, 2)
     coef = torch.stack(
         [torch.stack([nrn, -torch.ones_like(nrn)], -1), torch.stack([-torch.ones_like(nrn), torch.zeros_like(nrn)], -1)],
         -2,
     )  # Q R Q = R - n rv^T - rv n^T + (n.R.n) n n^T
-    r = _outer_sum(gram_pinv, vecs, coef)
-    f = _outer_sum(free, n.unsqueeze(-1), torch.ones_like(nrn)[:, None, None])
+    r = _symmetric(gram_pinv, vecs, coef)
+    f = _symmetric(free, n.unsqueeze(-1), torch.ones_like(nrn)[:, None, None])
     return m, r, f
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .lowrank import LowRankSum
+
 FORMAT = "larimar.memory_state"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
 class MemoryState:
     """B independent memories, and (for sequential writing) the statistics of their keys.
 
@@ -28,6 +28,9 @@ class MemoryState:
         free: (B, K, K) projector I - A A^+ onto the key directions not written yet; present
             exactly when `gram_pinv` is.
 
+    Each may be given as a `LowRankSum` (sequential updates defer their low-rank changes); the
+    attributes are always plain tensors, folded on first access. The value never changes.
+
     Example:
         >>> mem = EpisodicMemory(MemoryConfig(slots=8, code_size=4))
         >>> state = mem.empty(batch_size=1)
@@ -36,25 +39,50 @@ class MemoryState:
         torch.Size([1, 8, 4])
     """
 
-    memory: Tensor
-    gram_pinv: Tensor | None = None
-    free: Tensor | None = None
+    __slots__ = ("_memory", "_gram_pinv", "_free")
 
-    def __post_init__(self) -> None:
-        if self.memory.dim() != 3:
-            raise ValueError(f"memory must be (batch, slots, code_size); got shape {tuple(self.memory.shape)}")
-        if (self.gram_pinv is None) != (self.free is None):
+    def __init__(self, memory: Tensor | LowRankSum, gram_pinv: Tensor | LowRankSum | None = None,
+                 free: Tensor | LowRankSum | None = None) -> None:
+        self._memory = LowRankSum.of(memory)
+        self._gram_pinv = None if gram_pinv is None else LowRankSum.of(gram_pinv)
+        self._free = None if free is None else LowRankSum.of(free)
+        if len(self._memory.shape) != 3:
+            raise ValueError(f"memory must be (batch, slots, code_size); got shape {tuple(self._memory.shape)}")
+        if (self._gram_pinv is None) != (self._free is None):
             raise ValueError("gram_pinv and free must be given together")
-        b, k, _ = self.memory.shape
+        b, k, _ = self._memory.shape
         for name in ("gram_pinv", "free"):
-            t = getattr(self, name)
+            t = getattr(self, "_" + name)
             if t is not None and tuple(t.shape) != (b, k, k):
                 raise ValueError(f"{name} must have shape {(b, k, k)}; got {tuple(t.shape)}")
+
+    def __repr__(self) -> str:
+        b, k, c = self._memory.shape
+        return f"MemoryState(batch={b}, slots={k}, code_size={c}, sequential={self.sequential})"
+
+    @property
+    def memory(self) -> Tensor:
+        """(B, K, C) M."""
+        return self._memory.dense()
+
+    @property
+    def gram_pinv(self) -> Tensor | None:
+        """(B, K, K) A^+, or None."""
+        return None if self._gram_pinv is None else self._gram_pinv.dense()
+
+    @property
+    def free(self) -> Tensor | None:
+        """(B, K, K) I - A A^+, or None."""
+        return None if self._free is None else self._free.dense()
+
+    def parts(self) -> tuple[LowRankSum, LowRankSum | None, LowRankSum | None]:
+        """(memory, gram_pinv, free) unfolded, for updates and reads that need no dense matrix."""
+        return self._memory, self._gram_pinv, self._free
 
     @property
     def sequential(self) -> bool:
         """Whether `EpisodicMemory.update` can continue from this state."""
-        return self.gram_pinv is not None
+        return self._gram_pinv is not None
 
     def _tensors(self) -> dict[str, Tensor]:
         named = {"memory": self.memory, "gram_pinv": self.gram_pinv, "free": self.free}
@@ -63,25 +91,33 @@ class MemoryState:
     @property
     def batch_size(self) -> int:
         """B."""
-        return self.memory.shape[0]
+        return self._memory.shape[0]
 
     @property
     def slots(self) -> int:
         """K."""
-        return self.memory.shape[1]
+        return self._memory.shape[1]
 
     @property
     def code_size(self) -> int:
         """C."""
-        return self.memory.shape[2]
+        return self._memory.shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._memory.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._memory.device
 
     def to(self, *args: Any, **kwargs: Any) -> MemoryState:
         """Move or cast every tensor, like `Tensor.to`."""
-        return MemoryState(**{name: t.to(*args, **kwargs) for name, t in self._tensors().items()})
+        return MemoryState(*(None if p is None else p.to(*args, **kwargs) for p in self.parts()))
 
     def detach(self) -> MemoryState:
         """A copy cut from the autograd graph."""
-        return MemoryState(**{name: t.detach() for name, t in self._tensors().items()})
+        return MemoryState(*(None if p is None else p.detach() for p in self.parts()))
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
         """Write the state to a safetensors file; `metadata` (JSON-serialisable) rides along."""

@@ -1,0 +1,69 @@
+"""The deferred low-rank form behind sequential updates, in float64."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from larimar.memory import EpisodicMemory, MemoryConfig
+from larimar.memory.lowrank import FOLD_RANK, LowRankSum
+
+F64 = torch.float64
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def test_products_equal_the_folded_matrix():
+    base, left, right = randn(2, 6, 5), randn(2, 6, 3, seed=1), randn(2, 3, 5, seed=2)
+    lazy = LowRankSum(base, left, right)
+    x, w = randn(2, 5, seed=3), randn(2, 4, 6, seed=4)
+    dense = base + left @ right
+    torch.testing.assert_close(lazy.matvec(x), (dense @ x[..., None])[..., 0])
+    torch.testing.assert_close(lazy.left_multiply(w), w @ dense)
+    assert lazy.rank == 3
+    torch.testing.assert_close(lazy.dense(), dense)
+    assert lazy.rank == 0 and lazy.dense() is lazy.dense()  # folded once, then kept
+
+
+def test_plus_defers_then_folds_and_leaves_the_original():
+    start = LowRankSum(randn(1, 4, 4))
+    lazy, total = start, start.dense().clone()
+    for i in range(FOLD_RANK + 1):
+        a, b = randn(1, 4, 1, seed=i), randn(1, 1, 4, seed=100 + i)
+        lazy, total = lazy.plus(a, b), total + a @ b
+        assert lazy.rank == (i + 1 if i < FOLD_RANK else 0)
+    torch.testing.assert_close(lazy.dense(), total)
+    assert start.rank == 0 and not torch.equal(start.dense(), total)
+
+
+def test_factors_must_come_in_pairs():
+    try:
+        LowRankSum(randn(1, 2, 2), left=randn(1, 2, 1))
+    except ValueError as err:
+        assert "together" in str(err)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), forgets=st.integers(1, 20))
+def test_long_sequential_runs_past_folds_equal_one_shot(seed, forgets):
+    # More updates than FOLD_RANK columns, so both the deferred and the folded paths are used.
+    mem = EpisodicMemory(MemoryConfig(slots=64, code_size=16)).to(F64)
+    z = randn(1, 50, 16, seed=seed)
+    state = mem.empty(1, dtype=F64)
+    for i in range(50):
+        state = mem.update(state, z[:, i : i + 1])
+        if i == 25:
+            state.memory  # a read in between folds early; the value must not change
+    gone = torch.randperm(50, generator=torch.Generator().manual_seed(seed))[:forgets]
+    for i in gone.tolist():
+        state = mem.update(state, z[:, i : i + 1], alpha=-1.0)
+    kept = torch.ones(50, dtype=torch.bool)
+    kept[gone] = False
+    never = mem.update(mem.empty(1, dtype=F64), z[:, kept])
+    for name in ("memory", "gram_pinv", "free"):
+        torch.testing.assert_close(getattr(state, name), getattr(never, name), rtol=1e-8, atol=1e-8)
+    q = randn(1, 5, 16, seed=seed + 1)
+    torch.testing.assert_close(mem.read(state, q), mem.read(never, q), rtol=1e-8, atol=1e-8)
