@@ -1,13 +1,20 @@
 """The deferred low-rank form behind sequential updates, in float64."""
 
+from unittest import mock
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from larimar.memory import EpisodicMemory, MemoryConfig
+from larimar.memory import EpisodicMemory, MemoryConfig, lowrank
 from larimar.memory.lowrank import FOLD_RANK, LowRankSum
 
 F64 = torch.float64
+
+
+def deferring():
+    """The tests' matrices are small; defer them as the built-in model's large ones are."""
+    return mock.patch.object(lowrank, "EAGER_SIZE", 0)
 
 
 def randn(*shape, seed=0):
@@ -26,6 +33,7 @@ def test_products_equal_the_folded_matrix():
     assert lazy.rank == 0 and lazy.dense() is lazy.dense()  # folded once, then kept
 
 
+@deferring()
 def test_plus_defers_then_folds_and_leaves_the_original():
     start = LowRankSum(randn(1, 4, 4))
     lazy, total = start, start.dense().clone()
@@ -35,6 +43,12 @@ def test_plus_defers_then_folds_and_leaves_the_original():
         assert lazy.rank == (i + 1 if i < FOLD_RANK else 0)
     torch.testing.assert_close(lazy.dense(), total)
     assert start.rank == 0 and not torch.equal(start.dense(), total)
+
+
+def test_small_matrices_fold_at_once(monkeypatch):
+    monkeypatch.setattr(lowrank, "EAGER_SIZE", 16)
+    lazy = LowRankSum(randn(1, 4, 4)).plus(randn(1, 4, 1), randn(1, 1, 4))
+    assert lazy.rank == 0
 
 
 def test_factors_must_come_in_pairs():
@@ -48,6 +62,7 @@ def test_factors_must_come_in_pairs():
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), forgets=st.integers(1, 20))
+@deferring()
 def test_long_sequential_runs_past_folds_equal_one_shot(seed, forgets):
     # More updates than FOLD_RANK columns, so both the deferred and the folded paths are used.
     mem = EpisodicMemory(MemoryConfig(slots=64, code_size=16)).to(F64)

@@ -17,6 +17,9 @@ from torch import Tensor
 
 FOLD_RANK = 32
 """Deferred columns at which `LowRankSum.plus` folds the factors into the base."""
+EAGER_SIZE = 1 << 16
+"""Matrices of at most this many entries (per batch element) fold at once: rewriting them is
+cheaper than the bookkeeping of deferring (measured with `benchmarks/memory.py`)."""
 
 
 class LowRankSum:
@@ -83,11 +86,12 @@ class LowRankSum:
 
     def plus(self, left: Tensor, right: Tensor) -> LowRankSum:
         """This matrix + left @ right, left (B, K, n) and right (B, n, X), as a new LowRankSum
-        (folded once the deferred rank would pass FOLD_RANK); this one is unchanged."""
+        (folded once the deferred rank would pass FOLD_RANK, or at once for a small matrix);
+        this one is unchanged."""
         base, old_left, old_right = self._parts
         if old_left is not None:
             left, right = torch.cat([old_left, left], -1), torch.cat([old_right, right], -2)
-        if left.shape[-1] > FOLD_RANK:
+        if left.shape[-1] > FOLD_RANK or base[0].numel() <= EAGER_SIZE:
             return LowRankSum(torch.baddbmm(base, left, right))
         return LowRankSum(base, left, right)
 
