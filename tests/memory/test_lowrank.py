@@ -21,16 +21,30 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
+def full(k=6, c=6):
+    """A LowRankSum with every factor, and its value."""
+    base, left, right = randn(2, k, c), randn(2, k, 3, seed=1), randn(2, 3, c, seed=2)
+    x, y = randn(2, k, 2, seed=5), randn(2, k, 2, seed=6)
+    return LowRankSum(base, left, right, x, y), base + x @ y.mT @ base + left @ right
+
+
 def test_products_equal_the_folded_matrix():
-    base, left, right = randn(2, 6, 5), randn(2, 6, 3, seed=1), randn(2, 3, 5, seed=2)
-    lazy = LowRankSum(base, left, right)
-    x, w = randn(2, 5, seed=3), randn(2, 4, 6, seed=4)
-    dense = base + left @ right
-    torch.testing.assert_close(lazy.matvec(x), (dense @ x[..., None])[..., 0])
+    lazy, dense = full()
+    v, w = randn(2, 6, seed=3), randn(2, 4, 6, seed=4)
+    torch.testing.assert_close(lazy.matvec(v), (dense @ v[..., None])[..., 0])
     torch.testing.assert_close(lazy.left_multiply(w), w @ dense)
-    assert lazy.rank == 3
+    assert lazy.rank == 5
     torch.testing.assert_close(lazy.dense(), dense)
     assert lazy.rank == 0 and lazy.dense() is lazy.dense()  # folded once, then kept
+
+
+@deferring()
+def test_assign_replaces_rows_through_the_factors():
+    lazy, dense = full(c=5)
+    a, keys, values = randn(2, 6, 2, seed=7), randn(2, 6, 2, seed=8), randn(2, 2, 5, seed=9)
+    new = lazy.assign(a, keys, values)
+    assert new.rank == lazy.rank + 4 and lazy.rank == 5  # deferred; the original is unchanged
+    torch.testing.assert_close(new.dense(), dense + a @ (values - keys.mT @ dense))
 
 
 @deferring()

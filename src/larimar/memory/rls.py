@@ -21,8 +21,9 @@ Sherman-Morrison form cannot compute in floating point: it would need 1/lambda. 
    v = R k (rank drops); with Q = I - v v^T / |v|^2:
    M = Q M + Q R v (z - k M) / |v|^2,  R = Q R Q,  F += v v^T / |v|^2.
 
-Each case changes M, R and F by rank one or two; the updates are deferred (`LowRankSum`), so a
-write reads the three matrices once and rewrites none of them.
+Each case changes M, R and F by rank one or two; the updates are deferred (`LowRankSum`): a
+write reads R and F once, M not at all (k M enters through `LowRankSum.assign`), and rewrites
+none of them.
 """
 
 from __future__ import annotations
@@ -61,8 +62,7 @@ def rank_one_update(
     """
     u = free.matvec(key)  # (B, K)
     v = gram_pinv.matvec(key)  # (B, K)
-    residual = value - memory.left_multiply(key.unsqueeze(1)).squeeze(1)  # (B, C)
-    stats = torch.stack([key.square().sum(-1), u.square().sum(-1), (key * v).sum(-1), residual.sum(-1)])  # (4, B)
+    stats = torch.stack([key.square().sum(-1), u.square().sum(-1), (key * v).sum(-1)])  # (3, B)
     cases = [_case(*col, a, tol) for col, a in zip(stats.T.tolist(), alpha.tolist())]  # one host sync
     kinds = set(cases)
     uu, beta = stats[1], stats[2]
@@ -73,12 +73,12 @@ def rank_one_update(
         if kind not in kinds:
             continue
         if kind == "grow":
-            result = _grow(memory, gram_pinv, free, u, v, uu, d, residual)
+            result = _grow(memory, gram_pinv, free, key, value, u, v, uu, d)
         elif kind == "keep":
             safe_d = d if len(kinds) == 1 else torch.where(d == 0, torch.ones_like(d), d)
-            result = _keep(memory, gram_pinv, free, v, safe_d, residual)
+            result = _keep(memory, gram_pinv, free, key, value, v, safe_d)
         else:
-            result = _drop(memory, gram_pinv, free, v, residual)
+            result = _drop(memory, gram_pinv, free, key, value, v)
         if len(kinds) == 1:
             return result
         mask = torch.tensor([c == kind for c in cases], device=key.device)
@@ -88,9 +88,9 @@ def rank_one_update(
     return LowRankSum(new[0]), LowRankSum(new[1]), LowRankSum(new[2])
 
 
-def _case(kk: float, uu: float, beta: float, residual_sum: float, alpha: float, tol: float) -> str:
+def _case(kk: float, uu: float, beta: float, alpha: float, tol: float) -> str:
     """Which of the three exact cases an item is, decided on the host from its scalars."""
-    if not all(math.isfinite(x) for x in (kk, uu, beta, residual_sum)):
+    if not all(math.isfinite(x) for x in (kk, uu, beta)):
         raise MemoryInputError("the memory statistics are not finite; the memory was not changed")
     if uu > tol * kk:
         if alpha < 0:
@@ -105,19 +105,19 @@ def _symmetric(base: LowRankSum, vecs: Tensor, coef: Tensor) -> LowRankSum:
     return base.plus(vecs @ coef, vecs.mT)
 
 
-def _keep(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, v: Tensor, d: Tensor,
-          residual: Tensor) -> State:
+def _keep(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor, v: Tensor,
+          d: Tensor) -> State:
     """Case 2: Sherman-Morrison inside the written directions."""
-    m = memory.plus((v / d[:, None]).unsqueeze(-1), residual.unsqueeze(1))
+    m = memory.assign((v / d[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))
     r = _symmetric(gram_pinv, v.unsqueeze(-1), (-1 / d)[:, None, None])
     return m, r, free
 
 
-def _grow(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, u: Tensor, v: Tensor, uu: Tensor,
-          c: Tensor, residual: Tensor) -> State:
+def _grow(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor, u: Tensor,
+          v: Tensor, uu: Tensor, c: Tensor) -> State:
     """Case 1: the key opens a new direction u."""
     uu = uu.clamp_min(torch.finfo(uu.dtype).tiny)
-    m = memory.plus((u / uu[:, None]).unsqueeze(-1), residual.unsqueeze(1))  # (B, K, C)
+    m = memory.assign((u / uu[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))  # (B, K, C)
     vecs = torch.stack([u, v], dim=-1)  # (B, K, 2)
     coef = torch.stack(
         [torch.stack([c / uu.square(), -1 / uu], -1), torch.stack([-1 / uu, torch.zeros_like(uu)], -1)], -2
@@ -127,15 +127,16 @@ def _grow(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, u: Tensor
     return m, r, f
 
 
-def _drop(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, v: Tensor, residual: Tensor) -> State:
+def _drop(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor,
+          v: Tensor) -> State:
     """Case 3: forgetting removes the direction v = R k."""
     vv = v.square().sum(-1).clamp_min(torch.finfo(v.dtype).tiny)  # (B,)
     n = v / vv.sqrt()[:, None]  # (B, K) unit vector
     rv = gram_pinv.matvec(n)  # (B, K)
     q_rv = rv - n * (n * rv).sum(-1, keepdim=True)  # Q R n
-    n_m = memory.left_multiply(n.unsqueeze(1)).squeeze(1)  # (B, C) n^T M
-    # M' = Q M + Q R n (z - k M) / |v| = M - n (n^T M) + (Q R n / |v|) residual^T
-    m = memory.plus(torch.stack([-n, q_rv / vv.sqrt()[:, None]], -1), torch.stack([n_m, residual], 1))
+    # M' = Q M + Q R n (z - k M) / |v| = M + n (0 - n^T M) + (Q R n / |v|) (z - k^T M), both from M
+    m = memory.assign(torch.stack([n, q_rv / vv.sqrt()[:, None]], -1), torch.stack([n, key], -1),
+                      torch.stack([torch.zeros_like(value), value], 1))
     nrn = (n * rv).sum(-1)
     vecs = torch.stack([n, rv], dim=-1)  # (B, K, 2)
     coef = torch.stack(
