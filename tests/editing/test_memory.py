@@ -254,7 +254,8 @@ def test_forgotten_rows_leave_lazily_and_never_match(lm: larimar.Larimar, tmp_pa
     assert rows.shape[0] == 35 and live is not None and int(live.sum()) == 30  # copied once, at 65 forgotten
     left = [i for i in range(100) if i not in gone]
     saved = tmp_path / "lazy.safetensors"
-    memory.save(saved)  # writes live rows only
+    memory.save(saved)  # writes live rows only, and leaves this memory's rows (another thread may be reading them)
+    assert memory.search_rows() == (rows, live) and memory.item_count() == 30
     reloaded = lm.load_memory(saved)
     assert len(reloaded.items.owners) == 30 and [f.id for f in reloaded.facts()] == [ids[i] for i in left]
     torch.testing.assert_close(recalled(reloaded), reloaded.items.latents, rtol=0, atol=1e-8)

@@ -83,8 +83,7 @@ class Memory:
         return len(self._facts)
 
     def __repr__(self) -> str:
-        items = len(self._items.owners) if self._live is None else int(self._live.sum())
-        return f"Memory({len(self)} facts, {items} items, {len(self._episodes)} episodes)"
+        return f"Memory({len(self)} facts, {self.item_count()} items, {len(self._episodes)} episodes)"
 
     def facts(self) -> list[Fact]:
         """The facts in the order they were written."""
@@ -105,10 +104,17 @@ class Memory:
     @property
     def items(self) -> Items:
         """The written items (read-only view; do not modify). Row numbers here are those that
-        `recall`, `item_text` and `search_rows` use."""
+        `recall`, `item_text` and `search_rows` use: reading it drops the forgotten rows kept so
+        far, which renumbers the rows, so code sharing a memory between threads (the service)
+        reads `item_count` and `save`s instead, which change nothing."""
         if self._live is not None:
             self._items, self._live = self._items.select(self._live), None
         return self._items
+
+    def item_count(self) -> int:
+        """Number of live item rows (each fact and its paraphrases)."""
+        live = self._live
+        return len(self._items.owners) if live is None else int(live.sum())
 
     def search_rows(self) -> tuple[Tensor, Tensor | None]:
         """The scope keys (N, S, H) of the stored rows, and (N,) whether each is live (None: all
@@ -270,7 +276,9 @@ class Memory:
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the memory and its fact log to one safetensors file, atomically."""
-        save_memory(Path(path), self._model, self.state, self.items, self.facts(), self.episode_items)
+        items, live = self._items, self._live  # the live rows, without changing this memory
+        save_memory(Path(path), self._model, self.state, items if live is None else items.select(live), self.facts(),
+                    self.episode_items)
 
     @classmethod
     def load(cls, model: LarimarModel, path: str | Path) -> Memory:

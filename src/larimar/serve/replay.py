@@ -50,7 +50,7 @@ def copy(memory: Memory) -> Memory:
 
 def encode_write(before: Memory, after: Memory, ids: Sequence[str]) -> bytes:
     """The log entry of a write that turned `before` into `after` (a copy of it) adding facts `ids`."""
-    start = len(before.items.owners)
+    start = before.item_count()  # `before` is shared with readers: nothing here may change it
     items = after.items
     tensors = {"latents": items.latents[start:], "keys": items.keys[start:], "embeddings": items.embeddings[start:]}
     written = {f.id: f for f in after.facts()}
@@ -78,7 +78,7 @@ def apply_write(memory: Memory, data: bytes) -> Memory:
     """`memory` with a logged write applied: the same update, on the same items, as when it was written."""
     tensors = load_tensors(data)
     meta = json.loads(_metadata(data)["entry"])
-    device = memory.items.latents.device
+    device = memory.search_rows()[0].device
     items = Items(tensors["latents"].to(device), tensors["keys"].to(device), tensors["embeddings"].to(device),
                   list(meta["owners"]))
     replayed = memory.copy()
