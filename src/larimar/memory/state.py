@@ -39,7 +39,7 @@ class MemoryState:
         torch.Size([1, 8, 4])
     """
 
-    __slots__ = ("_memory", "_gram_pinv", "_free")
+    __slots__ = ("_free", "_gram_pinv", "_memory")
 
     def __init__(self, memory: Tensor | LowRankSum, gram_pinv: Tensor | LowRankSum | None = None,
                  free: Tensor | LowRankSum | None = None) -> None:
