@@ -70,7 +70,10 @@ class Memory:
         if not 1 <= self.episode_items <= slots:
             raise ValueError(f"episode_items must be in [1, {slots}] (the memory's slots); got {episode_items}")
         state = state if state is not None else self._empty_state()
-        self._episodes = [MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
+        if not state.sequential:
+            _tensors(state)  # raises the error for a state without key statistics
+        self._episodes = [state] if state.batch_size == 1 else [  # one episode kept as is (not folded)
+            MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
         self._items = items if items is not None else self._no_items()
         self._live: Tensor | None = None  # (N,) bool over `_items`' rows; None: every row is live
         self._facts: dict[str, Fact] = {f.id: f for f in facts}
@@ -304,9 +307,10 @@ class Memory:
         return self._model.memory.empty(1, device=device, dtype=MEMORY_DTYPE)
 
     def _no_items(self) -> Items:
-        m = self._episodes[0].memory
-        hidden = self._model.encoder.hidden_size
-        return Items(m.new_zeros(0, m.shape[2]), m.new_zeros(0, m.shape[1]), m.new_zeros(0, 2, hidden), [])
+        state, hidden = self._episodes[0], self._model.encoder.hidden_size
+        like = {"dtype": state.dtype, "device": state.device}
+        return Items(torch.zeros(0, state.code_size, **like), torch.zeros(0, state.slots, **like),
+                     torch.zeros(0, 2, hidden, **like), [])
 
     def _new_ids(self, n: int) -> list[str]:
         ids: list[str] = []
