@@ -70,9 +70,7 @@ class Memory:
         if not 1 <= self.episode_items <= slots:
             raise ValueError(f"episode_items must be in [1, {slots}] (the memory's slots); got {episode_items}")
         state = state if state is not None else self._empty_state()
-        if not state.sequential:
-            _tensors(state)  # raises the error for a state without key statistics
-        self._episodes = [state] if state.batch_size == 1 else [  # one episode kept as is (not folded)
+        self._episodes = [_sequential(state)] if state.batch_size == 1 else [  # one episode kept as is (not folded)
             MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
         self._items = items if items is not None else self._no_items()
         self._live: Tensor | None = None  # (N,) bool over `_items`' rows; None: every row is live
@@ -111,8 +109,13 @@ class Memory:
         far, which renumbers the rows, so code sharing a memory between threads (the service)
         reads `item_count` and `save`s instead, which change nothing."""
         if self._live is not None:
-            self._items, self._live = self._items.select(self._live), None
+            self._items, self._live = self._live_items(), None
         return self._items
+
+    def _live_items(self) -> Items:
+        """The live rows, as new storage when some are forgotten; this memory is not changed."""
+        items, live = self._items, self._live
+        return items if live is None else items.select(live)
 
     def item_count(self) -> int:
         """Number of live item rows (each fact and its paraphrases)."""
@@ -279,9 +282,7 @@ class Memory:
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the memory and its fact log to one safetensors file, atomically."""
-        items, live = self._items, self._live  # the live rows, without changing this memory
-        save_memory(Path(path), self._model, self.state, items if live is None else items.select(live), self.facts(),
-                    self.episode_items)
+        save_memory(Path(path), self._model, self.state, self._live_items(), self.facts(), self.episode_items)
 
     @classmethod
     def load(cls, model: LarimarModel, path: str | Path) -> Memory:
@@ -348,8 +349,14 @@ class Memory:
         return [self._check_texts(group, f"paraphrases[{i}]") for i, group in enumerate(paraphrases)]
 
 
-def _tensors(state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
-    """A sequential state's (memory, gram_pinv, free)."""
+def _sequential(state: MemoryState) -> MemoryState:
+    """`state`, when it is sequential (has gram_pinv and free); else ValueError."""
     if not state.sequential:
         raise ValueError("a memory's episodes are sequential states (with gram_pinv and free)")
+    return state
+
+
+def _tensors(state: MemoryState) -> tuple[Tensor, Tensor, Tensor]:
+    """A sequential state's (memory, gram_pinv, free)."""
+    state = _sequential(state)
     return state.memory, state.gram_pinv, state.free  # type: ignore[return-value]

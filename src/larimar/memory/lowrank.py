@@ -110,8 +110,9 @@ class LowRankSum:
         (I + [x, -a] [y, keys + y x^T keys]^T) base + [left - a keys^T left, a] [right; values].
         """
         base, left, right, x, y = self._parts
-        if base[0].numel() <= EAGER_SIZE:
-            return LowRankSum(torch.baddbmm(self.dense(), a, values - keys.mT @ self.dense()))
+        if _small(base):
+            dense = self.dense()
+            return LowRankSum(torch.baddbmm(dense, a, values - keys.mT @ dense))
         through = keys if x is None else torch.baddbmm(keys, y, x.mT @ keys)  # (B, K, m)
         if left is not None:
             left = torch.baddbmm(left, a, keys.mT @ left, alpha=-1)
@@ -133,9 +134,14 @@ def _fold(parts: _Parts) -> Tensor:
     return out if left is None else torch.baddbmm(out, left, right)
 
 
+def _small(base: Tensor) -> bool:
+    """Whether a matrix is updated at once rather than deferred (see EAGER_SIZE)."""
+    return base[0].numel() <= EAGER_SIZE
+
+
 def _settled(parts: _Parts) -> LowRankSum:
     """A LowRankSum of parts, folded when its deferred rank passes FOLD_RANK or its matrix is small."""
     deferred = LowRankSum(*parts)
-    if deferred.rank > FOLD_RANK or parts[0][0].numel() <= EAGER_SIZE:
+    if deferred.rank > FOLD_RANK or _small(parts[0]):
         return LowRankSum(_fold(parts))
     return deferred
