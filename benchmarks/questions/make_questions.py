@@ -8,6 +8,10 @@ Deterministic (seeded); writes benchmarks/questions/questions.json:
 
 The facts are counterfactual or invented (people, places, codes), so the base model cannot
 answer them from its own knowledge and a forgotten fact's answer must disappear.
+
+`--set repeats` writes benchmarks/questions/repeats.json instead: facts whose answers repeat
+tokens (years such as 1999, phone numbers and door codes with repeated digit pairs, amounts
+with runs of zeros, dates such as 11 November 2011), the hard case for the sequence channel.
 """
 
 from __future__ import annotations
@@ -184,13 +188,62 @@ def _facts(rng: random.Random) -> list[dict[str, str]]:
     return out
 
 
+def _repeats(rng: random.Random) -> list[dict[str, str]]:
+    """Facts whose answers repeat a digit pair or a word: the reply must not loop or skip."""
+    people = [f"{f} {l}" for f in FIRST for l in LAST]
+    rng.shuffle(people)
+    person = iter(people)
+    out: list[dict[str, str]] = []
+
+    def add(kind: str, fact: str, question: str, rephrased: str, answer: str) -> None:
+        out.append({"kind": kind, "fact": fact, "question": question, "rephrased": rephrased, "answer": answer})
+
+    def digit() -> str:
+        return str(rng.randint(0, 9))
+
+    for year in ["1999", "2000", "1988", "2022", "1911", "1966", "2011", "1777", "1900", "2020"]:
+        p, city = next(person), rng.choice(CITIES)
+        add("years", f"{p} opened a bakery in {city} in {year}.", f"When did {p} open a bakery in {city}?",
+            f"In which year did {p} start the bakery in {city}?", year)
+    for _ in range(10):
+        a, b, c = digit(), digit(), digit()
+        number = rng.choice([f"{a}{a}{b}-{c}{c}{a}{a}", f"{a}{b}{a}-{b}{c}{b}{c}", f"{a}{b}{b}-{c}{c}{c}{a}"])
+        p = next(person)
+        add("phones", f"{p}'s mobile number is {number}.", f"What is {p}'s mobile number?",
+            f"How can I call {p}?", number)
+    for thing in ["back door", "server cage", "supply closet", "bike shed", "mailbox", "filing cabinet", "shed",
+                  "gate"]:
+        a, b = rng.sample("0123456789", 2)
+        code = rng.choice([a + a + b + b, a + b + a + b, a + b + b + a, a + a + a + b])
+        add("codes", f"The code for the {thing} is {code}.", f"What is the code for the {thing}?",
+            f"Which number unlocks the {thing}?", code)
+    for dept in DEPARTMENTS + ["research", "support"]:
+        amount = rng.choice([f"{rng.randint(1, 9)},000,000", f"{rng.randint(1, 9)}00,000",
+                             f"{rng.randint(11, 99)}0,000"])
+        add("amounts", f"The {dept} department was given {amount} euros for next year.",
+            f"How much money was the {dept} department given for next year?",
+            f"What is next year's {dept} allocation?", amount)
+    for event in EVENTS:
+        day = rng.randint(1, 12)
+        date = f"{day} {MONTHS[day - 1]} 20{day:02d}"
+        add("dates", f"The {event} took place on {date}.", f"When did the {event} take place?",
+            f"On what date was the {event} held?", date)
+    for place in ["Walla Walla", "Bora Bora", "Baden-Baden", "Sing Sing", "Pago Pago"]:
+        p = next(person)
+        add("names", f"{p} spent last winter in {place}.", f"Where did {p} spend last winter?",
+            f"Which place was {p} in last winter?", place)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("questions.json"))
+    parser.add_argument("--set", choices=["questions", "repeats"], default="questions")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/questions/<set>.json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.out = args.out or Path(__file__).with_name(f"{args.set}.json")
     rng = random.Random(args.seed)
-    facts = _facts(rng)
+    facts = _facts(rng) if args.set == "questions" else _repeats(rng)
     rng.shuffle(facts)
     data = {"facts": facts, "unrelated": UNRELATED}
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 
 from larimar.memory import EpisodicMemory, MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
+from larimar.model.decoding import DecodeLoop, Row
 from larimar.model.late_fusion import _lead
 from larimar.model.sequence import (
     START,
     SuccessorScorer,
+    consume,
     hashed_signs,
     previous_tokens,
     sequence_codes,
@@ -82,6 +84,104 @@ def test_two_tokens_of_context_separate_repeated_words() -> None:
     s = scorer.scores(sketch.expand(2, -1), torch.tensor([b, b]), torch.tensor([a, x]))
     assert int(s[0].argmax()) == c and int(s[1].argmax()) == d
     assert float(s[0, d]) < 0.35 and float(s[1, c]) < 0.35
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(-1, 300), st.integers(0, 300), st.integers(0, 300),
+       st.floats(-3.0, 3.0))
+def test_consume_takes_out_at_most_one_occurrence_of_the_said_triple(seed: int, prev: int, cur: int, nxt: int,
+                                                                      weight: float) -> None:
+    """float64: consuming removes min(max(projection, 0), 1) along the triple's unit direction and
+    leaves every orthogonal component as it was."""
+    d = 256
+    g = torch.Generator().manual_seed(seed)
+    p, c, n = torch.tensor([prev]), torch.tensor([cur]), torch.tensor([nxt])
+    direction = (hashed_signs(p, d, 3) * hashed_signs(c, d, 2) * sequence_codes(n, d)).double()  # (1, D)
+    sketch = 0.1 * torch.randn(1, d, generator=g, dtype=torch.float64) + weight * direction
+    after = consume(sketch, p, c, n)
+    assert after.dtype == torch.float64
+    before_proj, after_proj = float((sketch * direction).sum()), float((after * direction).sum())
+    assert after_proj == pytest.approx(before_proj - min(max(before_proj, 0.0), 1.0), abs=1e-12)
+    removed = sketch - after
+    torch.testing.assert_close(removed, (removed * direction).sum() * direction, rtol=0, atol=1e-12)
+
+
+def _spell(tokens: list[int], consuming: bool, steps: int = 20, vocab: int = 100, settle: bool = False) -> list[int]:
+    """Greedy decoding by successor scores alone from (START, START), stopping where no score
+    stands out; with `consuming`, each said triple leaves the sketch; with `settle`, forks go
+    first to a branch that comes back."""
+    dim = 1024
+    scorer, sketch = SuccessorScorer(vocab, dim), successor_sketch([tokens], dim)
+    previous, current, out = torch.tensor([START]), torch.tensor([START]), []
+    for _ in range(steps):
+        scores = scorer.scores(sketch, current, previous)
+        if settle:
+            scores = scorer.settle_forks(scores, sketch, current, previous, None, 0.6)
+        scores = scores[0]
+        if float(scores.max()) < 0.5:
+            break
+        chosen = scores.argmax()[None]
+        out.append(int(chosen))
+        if consuming:
+            sketch = consume(sketch, previous, current, chosen)
+        previous, current = current, chosen
+    return out
+
+
+def test_consuming_said_triples_ends_a_repeated_context() -> None:
+    # "a b a b c": the context (a, b) is followed by a, then by c. Without consuming, the
+    # decoding goes back to a for ever; consuming, the second visit names c and the text ends.
+    text = [10, 43, 10, 43, 7]
+    assert _spell(text, consuming=False)[:8] == [10, 43] * 4
+    assert len(_spell(text, consuming=False)) == 20
+    assert _spell(text, consuming=True) == text
+
+
+# digits as a decoder writes them: "430,000 x", "2020", "676-7575", "555-0199"
+FORKED = [[4, 3, 0, 51, 0, 0, 0, 52, 53], [2, 0, 2, 0, 50], [6, 7, 6, 60, 7, 5, 7, 5, 50], [5, 5, 5, 60, 0, 1, 9, 9, 50]]
+
+
+@pytest.mark.parametrize("text", FORKED)
+def test_forks_go_first_to_the_branch_that_comes_back(text: list[int]) -> None:
+    """A context followed by two tokens ("0 0" by 0 and by "x" in "000 x") is a fork; consuming
+    alone may take the exit first and drop the rest ("430,00 x"); settling forks spells the text."""
+    assert _spell(text, consuming=True) != text
+    assert _spell(text, consuming=True, settle=True) == text
+
+
+def test_settle_forks_leaves_scores_without_forks_alone() -> None:
+    scorer = SuccessorScorer(100, 1024)
+    sketch = successor_sketch([[1, 2, 3, 4]], 1024)
+    tokens, previous = torch.tensor([1]), torch.tensor([START])
+    scores = scorer.scores(sketch, tokens, previous)
+    assert scorer.settle_forks(scores, sketch, tokens, previous, None, 0.6) is scores
+    # "2 0 2 0 x": at (2, 0) the branch 2 comes back after one token, x never does
+    sketch = successor_sketch([[2, 0, 2, 0, 50]], 1024)
+    tokens, previous = torch.tensor([0]), torch.tensor([2])
+    scores = scorer.scores(sketch, tokens, previous)
+    assert (scores[0] > 0.6).nonzero().squeeze(-1).tolist() == [2, 50]
+    settled = scorer.settle_forks(scores, sketch, tokens, previous, None, 0.6)
+    assert float(settled[0, 50]) == 0.0 and torch.equal(settled[0, :50], scores[0, :50])
+    # when no branch comes back within the horizon, the fork is left to the decoder
+    assert torch.equal(scorer.settle_forks(scores, sketch, tokens, previous, None, 0.6, horizon=0), scores)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 5), min_size=2, max_size=8))
+def test_consuming_never_says_a_triple_more_often_than_written(tokens: list[int]) -> None:
+    """With few distinct tokens the contexts repeat; the spelled text still ends, and says no
+    (context, next) triple more often than the text holds it."""
+    def triples(ids: list[int]) -> dict[tuple[int, int, int], int]:
+        full, counts = [START, START, *ids], {}
+        for i in range(len(ids)):
+            key = (full[i], full[i + 1], full[i + 2])
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    spelled = _spell(tokens, consuming=True, steps=3 * len(tokens), vocab=6)
+    assert len(spelled) <= len(tokens)
+    written = triples(tokens)
+    assert all(n <= written.get(key, 0) for key, n in triples(spelled).items())
 
 
 def test_short_texts_and_bad_widths() -> None:
@@ -210,6 +310,33 @@ def test_decoder_spells_the_written_text_from_the_readout() -> None:
     blank = read.clone()
     blank[:, CODE:] = 0
     assert model.decoder(torch.tensor([ids]), z=blank).logits[0, :-1].argmax(-1).tolist() != ids[1:]
+
+
+@pytest.mark.parametrize("text", ["the cat sat on the cat sat on the mat.", "one two one two one three.", "a b a b c."])
+def test_generation_says_each_written_triple_at_most_as_often_as_written(text: str) -> None:
+    """Texts whose two-token contexts repeat: greedy generation and `DecodeLoop` (float64, so
+    exactly alike) both end, and say no (context, next) triple more often than the text holds it
+    (before the sketch lost each said triple, "a b a b c" came back as "a b a b a b ...")."""
+    model = seq_model(sequence_weight=60.0).double()
+    tok = model.tokenizer
+    z = model.encode([text])
+    read = model.memory.read(model.memory.write(z[None]), z[None])[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    budget = 3 * len(ids)
+    out = model.decoder.generate(torch.tensor([ids[:1]]), z=read, max_new_tokens=budget,
+                                 eos_token_id=tok.eos_token_id)[0, 1:].tolist()
+    loop = DecodeLoop(model.decoder, eos_token_id=tok.eos_token_id)
+    assert loop.run([Row(0, tuple(ids[:1]), read[0], None, budget)])[0] == out
+    assert tok.eos_token_id in out and len(out) <= len(ids)
+
+    def triples(tokens: list[int]) -> dict[tuple[int, ...], int]:
+        counts: dict[tuple[int, ...], int] = {}
+        for i in range(2, len(tokens)):
+            counts[tuple(tokens[i - 2 : i + 1])] = counts.get(tuple(tokens[i - 2 : i + 1]), 0) + 1
+        return counts
+
+    written = triples(ids + [tok.eos_token_id])
+    assert all(n <= written.get(key, 0) for key, n in triples(ids[:1] + out).items())
 
 
 def test_copy_term_yields_where_the_text_goes_on_otherwise() -> None:

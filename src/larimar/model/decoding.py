@@ -199,7 +199,7 @@ class DecodeLoop:
         lane = _Lane(front=start or inputs.memory, cache=inputs.cache, mask=inputs.mask,
                      position=inputs.positions[:, -1:], z=z, seen=None, scale=None, pointer=None,
                      token=(inputs.tokens if inputs.tokens is not None else ids)[:, -1:],  # as the sketch reads it
-                     previous=ids[:, -1:],
+                     previous=(inputs.previous if inputs.previous is not None else ids)[:, -1:],
                      rows=list(rows), out=[[] for _ in rows])
         if z is not None and dec.config.mode == "output":
             lane.pointer = dec.pointer(z, inputs.embeds.dtype)
@@ -238,6 +238,8 @@ class DecodeLoop:
     def _advance(self, lane: _Lane, logits: Tensor) -> list[tuple[Hashable, list[int]]]:
         """Pick each row's next token from logits (B, V); rows that ended leave the lane. Returns them."""
         token = logits.argmax(-1)  # (B,)
+        if lane.z is not None:
+            lane.z = self.decoder.said(lane.z, lane.previous[:, 0], lane.token[:, 0], token)
         lane.previous, lane.token = lane.token, token[:, None]
         ended = [False] * len(token) if self.eos is None else torch.isin(token, self.eos).tolist()
         keep, out = [], []

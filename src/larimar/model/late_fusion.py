@@ -125,8 +125,9 @@ class LateFusion:
         if self.successors is not None and tokens is not None:
             if previous is None:
                 previous = torch.full_like(tokens, START)
-            scores = self.successors.scores(sketch, tokens.to(sketch.device), previous.to(sketch.device),
-                                            candidates)  # (..., V)
+            tokens, previous = tokens.to(sketch.device), previous.to(sketch.device)
+            scores = self.successors.scores(sketch, tokens, previous, candidates)  # (..., V)
+            scores = self.successors.settle_forks(scores, sketch, tokens, previous, candidates, cfg.sequence_confidence)
             logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
                 1 - cfg.sequence_threshold)
             pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token

@@ -19,6 +19,11 @@ names the text's first token, so a reply can recall a written text from its begi
 triples, so it goes through the memory's least-squares write and read like the rest of the
 latent: a readout that mixes facts mixes their continuations.
 
+Generation consumes the sketch (`consume`): each token said takes its triple out of the row's
+sketch, so a context that a text holds twice ("1999": (9, 9) goes on to 9, then to ".") names its
+second successor once the first is said, and a reply cannot go round a repeated context for ever.
+Teacher-forced scoring reads the whole sketch at every position.
+
 Symbols: V vocabulary, D sketch width, n tokens in a text.
 """
 
@@ -33,6 +38,8 @@ _MASK32 = 0xFFFFFFFF
 _KEY_SALT, _CODE_SALT, _PREVIOUS_SALT = 2, 1, 3
 START = -1
 """The token id that stands before a text's first token (and wherever the context is unknown)."""
+FORK_HORIZON = 8
+"""Tokens `SuccessorScorer.settle_forks` follows along each branch of a fork."""
 
 
 def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
@@ -75,6 +82,22 @@ def successor_sketch(token_lists: Sequence[Sequence[int]], dim: int) -> Tensor:
         ids = torch.as_tensor([START, START, *tokens], dtype=torch.int64)
         out[row] = (sequence_keys(ids[:-2], ids[1:-1], dim) * sequence_codes(ids[2:], dim)).sum(0)
     return out
+
+
+def consume(sketch: Tensor, previous: Tensor, tokens: Tensor, chosen: Tensor) -> Tensor:
+    """The sketches (B, D) after the tokens `chosen` (B,) were said after the contexts
+    (`previous`, `tokens`) (B,): each triple's component is taken out, at most once.
+
+    A sketch is a multiset of (context, next token) triples. A reply that says a triple has used
+    it, so generation removes it: the sketch's projection on the unit vector a(u') * b(u) * c(v),
+    clipped to [0, 1] (one written occurrence, at the readout's unit weight; never added). A
+    context written twice with two successors ("1999": (9, 9) is followed by 9 and then by ".")
+    then names the second once the first is said, instead of the first again and again.
+    """
+    keys = sequence_keys(previous, tokens, sketch.shape[-1]).to(sketch)
+    direction = keys * sequence_codes(chosen, sketch.shape[-1]).to(sketch)  # (B, D), unit rows
+    used = (sketch * direction).sum(-1, keepdim=True).clamp(0.0, 1.0)  # (B, 1)
+    return sketch - used * direction
 
 
 def previous_tokens(ids: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -147,3 +170,51 @@ class SuccessorScorer:
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
         index = candidates.to(sketch.device)[:, None, :].expand(-1, flat.shape[1], -1)
         return out.scatter(-1, index, picked).reshape(*query.shape[:-1], self.vocab_size)
+
+    def settle_forks(self, scores: Tensor, sketch: Tensor, tokens: Tensor, previous: Tensor,
+                     candidates: Tensor | None, confidence: float, horizon: int = FORK_HORIZON) -> Tensor:
+        """`scores` (..., V) with each fork settled toward the branches that come back to it.
+
+        A fork is a context with more than one confident successor (a written text passed
+        through it twice: in "1777" the context (7, 7) goes on to 7 and then to "."). Said in
+        the wrong order, the text ends early ("177."). The text says every triple once, so at
+        a fork it first takes a branch that returns to the fork: following each branch's
+        confident successors, with the sketch consumed as generation would (`consume`), for up
+        to `horizon` tokens. Where some branches come back and others do not, those that do
+        not score 0 at this position (they stay in the sketch for the next visit).
+        """
+        forks = ((scores > confidence).sum(-1) > 1).nonzero().tolist()
+        if not forks:
+            return scores
+        scores = scores.clone()
+        for index in map(tuple, forks):
+            branches = (scores[index] > confidence).nonzero().squeeze(-1).tolist()
+            rows = None if candidates is None else candidates[index[0] : index[0] + 1]
+            context = (int(previous[index]), int(tokens[index]))
+            back = [self._comes_back(sketch[index], context, v, rows, confidence, horizon) for v in branches]
+            if any(back) and not all(back):
+                for v, returns in zip(branches, back):
+                    if not returns:
+                        scores[index + (v,)] = 0.0
+        return scores
+
+    def _comes_back(self, sketch: Tensor, context: tuple[int, int], branch: int, candidates: Tensor | None,
+                    confidence: float, horizon: int) -> bool:
+        """Whether saying `branch` at `context` leads back to `context` within `horizon` tokens
+        along confident successors of the consumed sketch (D,)."""
+        def ids(v: int) -> Tensor:
+            return torch.tensor([v], device=sketch.device)
+
+        previous, current = context
+        sketch = consume(sketch[None].float(), ids(previous), ids(current), ids(branch))
+        previous, current = current, branch
+        for _ in range(horizon):
+            if (previous, current) == context:
+                return True
+            scores = self.scores(sketch, ids(current), ids(previous), candidates)[0]
+            best = int(scores.argmax())
+            if float(scores[best]) <= confidence:
+                return False
+            sketch = consume(sketch, ids(previous), ids(current), ids(best))
+            previous, current = current, best
+        return (previous, current) == context
