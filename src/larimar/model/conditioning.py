@@ -32,7 +32,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .conditioning_config import ConditioningConfig, ConditioningMode, TrainablePart
 from .late_fusion import LateFusion
-from .sequence import START, SuccessorScorer, consume, previous_tokens
+from .sequence import START, SuccessorScorer, previous_tokens
 
 __all__ = ["ConditioningConfig", "ConditioningMode", "DecoderShape", "GreedyOutput", "MemoryConditionedDecoder",
            "TrainablePart", "causal_lm_loss"]
@@ -100,11 +100,6 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
     )
-
-
-def _last(ids: Tensor | None) -> Tensor | None:
-    """The last column (B,) of ids (B, T), or None."""
-    return None if ids is None else ids[:, -1]
 
 
 def _positions(mask: Tensor) -> Tensor:
@@ -194,15 +189,6 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
     def _code(self, z: Tensor) -> Tensor:
         """The C coordinates of z that the learned maps read (the sequence channel dropped)."""
         return z[..., : self.config.code_size] if self.config.sequence_size else z
-
-    def said(self, z: Tensor, previous: Tensor | None, tokens: Tensor | None, chosen: Tensor) -> Tensor:
-        """z (B, C) after generation chose `chosen` (B,) at the contexts (`previous`, `tokens`)
-        (B,): with a sequence channel, the sketch loses the triple just said (`sequence.consume`);
-        otherwise z itself."""
-        if self.successors is None or tokens is None or previous is None:
-            return z
-        code, sketch = z[..., : self.config.code_size], z[..., self.config.code_size :]
-        return torch.cat([code, consume(sketch, previous.to(z.device), tokens.to(z.device), chosen.to(z.device))], -1)
 
     def _memory_width(self) -> int:
         """Output width of the kv map (L * kinds * S * G * D) or the prefix map (P * H)."""
@@ -340,8 +326,8 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
                 step_logits.append(logits)
                 if done.all():
                     break
-                if z is not None:
-                    z = self.said(z, _last(inputs.previous), _last(inputs.tokens), token)
+                if z is not None and inputs.tokens is not None and inputs.previous is not None:
+                    z = self.said(z, inputs.previous[:, -1], inputs.tokens[:, -1], token)
                 inputs = self._next_inputs(inputs, token, z)
         sequences = torch.cat([input_ids, torch.stack(tokens, 1)], 1)  # (B, T + N)
         return GreedyOutput(sequences=sequences, logits=torch.stack(step_logits, 1))

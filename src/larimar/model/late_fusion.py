@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sequence import START
+from .sequence import START, consume
 
 
 class LateFusion:
@@ -75,6 +75,15 @@ class LateFusion:
         direction = self.memory_map(self._code(z.to(dtype)))  # (..., H)
         return (direction @ head.weight.T) / self._head_norms(head.weight).clamp_min(1e-6)
 
+    def said(self, z: Tensor, previous: Tensor, tokens: Tensor, chosen: Tensor) -> Tensor:
+        """z (B, C) after generation chose `chosen` (B,) at the contexts (`previous`, `tokens`)
+        (B,): with a sequence channel, the sketch loses the triple just said (`consume`);
+        otherwise z itself."""
+        if self.successors is None:
+            return z
+        code, sketch = z[..., : self.config.code_size], z[..., self.config.code_size :]
+        return torch.cat([code, consume(sketch, previous.to(z.device), tokens.to(z.device), chosen.to(z.device))], -1)
+
     def _tied(self) -> bool:
         """Whether the decoder's input embeddings are its output head's weight."""
         _, head = self._body_and_head()
@@ -101,6 +110,8 @@ class LateFusion:
         (threshold t), and the copy term is off where the sketch confidently
         continues with something other than what it points at (`ConditioningConfig.sequence_confidence`).
         With `ConditioningConfig.sequence_lead` set, a confident successor also leads its row.
+        Where a context has several confident successors, those that do not lead back to it are
+        set aside for this position (`SuccessorScorer.settle_forks`).
         candidates (B, M) limit the successor scores to the recalled text's tokens. pointer,
         `pointer(z)` when already known (B, V) for z (B, C), else computed here (once per row of z).
         """
