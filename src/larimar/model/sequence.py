@@ -38,8 +38,8 @@ _MASK32 = 0xFFFFFFFF
 _KEY_SALT, _CODE_SALT, _PREVIOUS_SALT = 2, 1, 3
 START = -1
 """The token id that stands before a text's first token (and wherever the context is unknown)."""
-FORK_HORIZON = 8
-"""Tokens `SuccessorScorer.settle_forks` follows along each branch of a fork."""
+FORK_HORIZON = 64
+"""Tokens `SuccessorScorer.settle_forks` follows along each branch of a fork (a fact's length)."""
 
 
 def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
