@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 FIRST = ["Anna", "Marek", "Priya", "Tomas", "Lena", "Kofi", "Ines", "Yuki", "Omar", "Sofia", "Henrik", "Amara",
@@ -97,14 +98,20 @@ UNRELATED = [
 ]
 
 
-def _facts(rng: random.Random) -> list[dict[str, str]]:
+def _start(rng: random.Random) -> tuple[Iterator[str], list[dict[str, str]], Callable[..., None]]:
+    """Shuffled person names, the list of facts, and add(kind, fact, question, rephrased, answer)."""
     people = [f"{f} {l}" for f in FIRST for l in LAST]
     rng.shuffle(people)
-    person = iter(people)
     out: list[dict[str, str]] = []
 
     def add(kind: str, fact: str, question: str, rephrased: str, answer: str) -> None:
         out.append({"kind": kind, "fact": fact, "question": question, "rephrased": rephrased, "answer": answer})
+
+    return iter(people), out, add
+
+
+def _facts(rng: random.Random) -> list[dict[str, str]]:
+    person, out, add = _start(rng)
 
     cities = CITIES[:]
     for (subject, lower), city in zip(LANDMARKS, rng.sample(cities, len(LANDMARKS))):
@@ -190,13 +197,7 @@ def _facts(rng: random.Random) -> list[dict[str, str]]:
 
 def _repeats(rng: random.Random) -> list[dict[str, str]]:
     """Facts whose answers repeat a digit pair or a word: the reply must not loop or skip."""
-    people = [f"{f} {l}" for f in FIRST for l in LAST]
-    rng.shuffle(people)
-    person = iter(people)
-    out: list[dict[str, str]] = []
-
-    def add(kind: str, fact: str, question: str, rephrased: str, answer: str) -> None:
-        out.append({"kind": kind, "fact": fact, "question": question, "rephrased": rephrased, "answer": answer})
+    person, out, add = _start(rng)
 
     def digit() -> str:
         return str(rng.randint(0, 9))
