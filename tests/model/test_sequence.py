@@ -13,11 +13,15 @@ from larimar.model.decoding import DecodeLoop, Row
 from larimar.model.late_fusion import _lead
 from larimar.model.sequence import (
     START,
+    Recall,
     SuccessorScorer,
+    candidate_ids,
     consume,
     hashed_signs,
     previous_tokens,
+    recover,
     sequence_codes,
+    sequence_keys,
     successor_sketch,
 )
 from larimar.train.fusion import projection_readout
@@ -405,19 +409,68 @@ def test_sequence_model_round_trips(tmp_path) -> None:
     assert loaded.memory.config.key_size == CODE and loaded.decoder.z_size == CODE + SEQ
 
 
-def test_candidate_scores_equal_the_full_scores_on_their_columns() -> None:
-    torch.manual_seed(0)
-    scorer = SuccessorScorer(300, 512)
-    texts = [[5, 17, 42, 7], [100, 101, 5]]
-    sketch = successor_sketch(texts, 512)  # (2, D)
+def test_candidate_scores_are_the_written_triple_counts() -> None:
+    """With candidates the triples are recovered: each context's successors score their counts
+    (1 per occurrence; a context written twice names both), other candidates 0, exactly up to
+    float error, where the plain sketch scores carry crosstalk; non-candidates are 0."""
+    dim = 256
+    scorer = SuccessorScorer(300, dim)
+    texts = [[5, 17, 42, 5, 17, 7, 9, 11, 13, 15, 19, 23, 29, 31, 37, 41], [100, 101, 5]]
+    sketch = successor_sketch(texts, dim)  # (2, D)
     tokens, previous = torch.tensor([[17, 42], [101, 5]]), torch.tensor([[5, 17], [100, 101]])  # (2, 2)
     full = scorer.scores(sketch[:, None].expand(-1, 2, -1), tokens, previous)  # (2, 2, V)
-    candidates = torch.tensor([[5, 17, 42, 7], [100, 101, 5, 100]])  # row 2 padded with its first id
+    candidates = candidate_ids([sorted(set(texts[0])), [100, 101, 5]], torch.device("cpu"))
     some = scorer.scores(sketch[:, None].expand(-1, 2, -1), tokens, previous, candidates)
-    for row in range(2):
-        cols = candidates[row].unique()
-        torch.testing.assert_close(some[row][:, cols], full[row][:, cols], atol=2e-2, rtol=0)  # bf16 table
-        others = torch.ones(300, dtype=torch.bool)
-        others[cols] = False
-        assert (some[row][:, others] == 0).all()
-    assert int(some[0, 0].argmax()) == 42 and int(some[1, 0].argmax()) == 5  # the successors
+    expected = torch.zeros(2, 2, 300)
+    expected[0, 0, 42] = expected[0, 0, 7] = 1.0  # (5, 17) -> 42, then -> 7
+    expected[0, 1, 5] = 1.0  # (17, 42) -> 5
+    expected[1, 0, 5] = 1.0  # (100, 101) -> 5; row 2 has no end token, so (101, 5) names nothing
+    torch.testing.assert_close(some, expected, atol=1e-4, rtol=0)
+    cols = candidates[0].unique()
+    assert (full[0][:, cols] - expected[0][:, cols]).abs().max() > 0.05  # the crosstalk recall removes
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=48))
+def test_recover_finds_every_written_triple_and_its_count(tokens: list[int]) -> None:
+    """Texts of up to 48 tokens over 41 ids (so contexts repeat): the pursuit finds exactly the
+    written (context, next) triples, each weighted by its count, and a consumed sketch's weights
+    through the pseudo-inverse drop, for the said triple alone, by what `consume` took out."""
+    dim = 1024
+    sketch = successor_sketch([tokens], dim)[0]
+    seq = [START, START, *tokens]
+    written: dict[tuple[int, int, int], int] = {}
+    for i in range(len(tokens)):
+        key = (seq[i], seq[i + 1], seq[i + 2])
+        written[key] = written.get(key, 0) + 1
+    recall = Recall.of(sketch[None], torch.tensor([tokens]))
+    weights = (recall.pinv[0].double() @ sketch.double()).tolist()
+    found = {tuple(t): w for t, w in zip(recall.triples[0].tolist(), weights) if abs(w) > 0.05}
+    assert set(found) == set(written)
+    for key, count in written.items():
+        assert found[key] == pytest.approx(count, abs=0.05)
+    first = torch.tensor([seq[0]]), torch.tensor([seq[1]]), torch.tensor([seq[2]])
+    after = (recall.pinv[0].double() @ consume(sketch[None], *first)[0].double()).tolist()
+    drop = {tuple(t): w - v for t, w, v in zip(recall.triples[0].tolist(), weights, after)}
+    said = (first[0].item(), first[1].item(), first[2].item())
+    atom = sequence_keys(*first[:2], dim)[0] * sequence_codes(first[2], dim)[0]
+    taken = float((sketch.double() @ atom.double()).clamp(0.0, 1.0))
+    assert drop[said] == pytest.approx(taken, abs=1e-3)
+    assert all(abs(v) < 1e-3 for k, v in drop.items() if k != said)
+    assert recover(sketch, torch.tensor(tokens))[0].shape[1] == 3
+
+
+def test_recall_reads_a_long_text_the_plain_sketch_garbles() -> None:
+    """A 40-token text at D = 512: the plain scores leave some successor unconfident or let a
+    rival win; with recall every position names its successor."""
+    dim = 512
+    text = list(range(100, 140))
+    sketch = successor_sketch([text], dim)
+    scorer = SuccessorScorer(200, dim)
+    seq = torch.tensor([[START, START, *text]])
+    previous, tokens, nxt = seq[:, :-2], seq[:, 1:-1], seq[0, 2:]
+    plain = scorer.scores(sketch[:, None].expand(-1, len(text), -1), tokens, previous)[0]
+    recalled = scorer.scores(sketch[:, None].expand(-1, len(text), -1), tokens, previous, torch.tensor([text]))[0]
+    assert (plain.argmax(-1)[:-1] != nxt[:-1]).any() or (plain.gather(-1, nxt[:, None]) < 0.6).any()
+    assert (recalled.argmax(-1)[:-1] == nxt[:-1]).all()
+    assert (recalled.gather(-1, nxt[:-1, None]) > 0.95).all()

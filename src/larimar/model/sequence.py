@@ -24,12 +24,24 @@ sketch, so a context that a text holds twice ("1999": (9, 9) goes on to 9, then 
 second successor once the first is said, and a reply cannot go round a repeated context for ever.
 Teacher-forced scoring reads the whole sketch at every position.
 
+A sketch of n triples read at one context carries crosstalk from the other n - 1, about
+N(0, (n - 1) / D) per token: in a long text (35 tokens at D = 1,024) a successor now and then
+scores below the confidence threshold and a wrong token above it, and the reply skips or
+garbles. When the text's tokens are known (`candidates`, from the recalled item), the triples
+are recovered instead (`recover`): a greedy least-squares pursuit over the M^3 triples the
+candidates can form finds the few the sketch holds, and scoring reads their least-squares
+weights (1 per written occurrence) plus the residual's plain scores. The sketch is a random
+sign projection of a sparse multiset, so D = 1,024 numbers determine it exactly: only contexts
+that the text truly passes through twice stay ambiguous.
+
 Symbols: V vocabulary, D sketch width, n tokens in a text.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -40,6 +52,11 @@ START = -1
 """The token id that stands before a text's first token (and wherever the context is unknown)."""
 FORK_HORIZON = 64
 """Tokens `SuccessorScorer.settle_forks` follows along each branch of a fork (a fact's length)."""
+RECOVER_FLOOR = 0.4
+"""`recover` stops when no remaining triple correlates with the residual above this (below half
+a written occurrence; a false triple that joins gets a least-squares weight near 0)."""
+_NO_TOKEN = -2
+"""Context id of padding triples (matches no context)."""
 
 
 def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
@@ -120,6 +137,72 @@ def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) ->
     return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
+def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: int = 4) -> tuple[Tensor, Tensor]:
+    """The triples a sketch (D,) holds among those its tokens `ids` (M,) can form.
+
+    Greedy pursuit with least-squares refits: each round adds the (at most `batch`) triples
+    whose correlation with the residual is highest (and within 0.7 of the best), refits all
+    chosen triples' weights to the sketch, and stops when no correlation reaches `floor`.
+    Contexts range over START and `ids`, successors over `ids`.
+    Returns triples (S, 3) as (previous, token, next) ids and their unit atoms (S, D).
+    """
+    dim = sketch.shape[-1]
+    ids = ids.unique()
+    context = torch.cat([ids.new_tensor([START]), ids])
+    pairs = (hashed_signs(context, dim, _PREVIOUS_SALT)[:, None] * hashed_signs(context, dim, _KEY_SALT)[None])
+    pairs = pairs.reshape(-1, dim).to(sketch.device)  # ((M+1)^2, D)
+    codes = sequence_codes(ids, dim).to(sketch.device)  # (M, D)
+    target = sketch.float()
+    chosen = torch.zeros(pairs.shape[0] * len(ids), dtype=torch.bool, device=sketch.device)
+    support = torch.empty(0, dtype=torch.long, device=sketch.device)
+    residual = target
+    for _ in range(dim):
+        corr = ((pairs * residual) @ codes.T).reshape(-1).masked_fill(chosen, 0.0)
+        best = float(corr.max())
+        if best < floor:
+            break
+        pick = (corr >= max(floor, 0.7 * best)).nonzero().squeeze(-1)
+        pick = pick[corr[pick].argsort(descending=True)[:batch]]
+        chosen[pick] = True
+        support = torch.cat([support, pick])
+        atoms = pairs[support // len(ids)] * codes[support % len(ids)]
+        weights = torch.linalg.lstsq(atoms.T.double(), target.double()[:, None]).solution[:, 0]
+        residual = target - (atoms.T.double() @ weights).float()
+    pair, nxt = support // len(ids), support % len(ids)
+    triples = torch.stack([context[pair // len(context)], context[pair % len(context)], ids[nxt]], -1)
+    return triples.to(sketch.device), pairs[pair] * codes[nxt]
+
+
+@dataclass
+class Recall:
+    """Recovered triples of B sketches, padded to S per row: `triples` (B, S, 3) ids (padding
+    rows never match a context), `atoms` (B, S, D) and `pinv` (B, S, D), the atoms'
+    pseudo-inverse. The weights of a (consumed) sketch x are pinv @ x and its residual
+    x - weights @ atoms, exactly, since consuming removes a multiple of an atom."""
+
+    triples: Tensor
+    atoms: Tensor
+    pinv: Tensor
+
+    @classmethod
+    def of(cls, sketches: Tensor, candidates: Tensor) -> Recall:
+        """The recall of sketches (B, D) whose texts' tokens are candidates (B, M)."""
+        found = [recover(sketch, ids) for sketch, ids in zip(sketches, candidates)]
+        width, dim = max(1, max(len(t) for t, _ in found)), sketches.shape[-1]
+        triples = torch.full((len(found), width, 3), _NO_TOKEN, dtype=torch.long, device=sketches.device)
+        atoms = sketches.new_zeros(len(found), width, dim, dtype=torch.float32)
+        pinv = torch.zeros_like(atoms)
+        for row, (t, a) in enumerate(found):
+            if len(t):
+                triples[row, : len(t)], atoms[row, : len(t)] = t, a
+                pinv[row, : len(t)] = torch.linalg.pinv(a.double().T).float()
+        return cls(triples, atoms, pinv)
+
+    def row(self, index: int) -> Recall:
+        """The recall of one row, as a batch of one."""
+        return Recall(self.triples[index : index + 1], self.atoms[index : index + 1], self.pinv[index : index + 1])
+
+
 class SuccessorScorer:
     """Scores every vocabulary token as the successor of the current token under a sketch.
 
@@ -136,6 +219,7 @@ class SuccessorScorer:
             raise ValueError(f"vocab_size and dim must be >= 1; got {vocab_size}, {dim}")
         self.vocab_size, self.dim = vocab_size, dim
         self._tables: dict[torch.device, Tensor] = {}
+        self._recalls: dict[int, tuple[weakref.ref, Recall]] = {}
 
     def table(self, device: torch.device) -> Tensor:
         """The (V, D) table of sign codes (unscaled) on `device`."""
@@ -146,7 +230,8 @@ class SuccessorScorer:
             self._tables[device] = torch.cat(rows)
         return self._tables[device]
 
-    def scores(self, sketch: Tensor, tokens: Tensor, previous: Tensor, candidates: Tensor | None = None) -> Tensor:
+    def scores(self, sketch: Tensor, tokens: Tensor, previous: Tensor, candidates: Tensor | None = None,
+               recall: Recall | None = None) -> Tensor:
         """Successor scores (..., V) for current tokens (...) after `previous` (...) under
         sketches (..., D).
 
@@ -154,22 +239,45 @@ class SuccessorScorer:
         readout's weight on that text); unrelated tokens about 0. With `candidates` (B, M), the
         token ids of the texts the sketches hold (B the leading dimension of `tokens`; pad a row
         by repeating one of its ids), only those are scored and every other token gets 0, its
-        expected score: a product of M columns instead of V.
+        expected score: a product of M columns instead of V. With candidates the triples are
+        recovered (`Recall`, once per candidates tensor, or `recall` when given) and a triple's
+        score is its least-squares weight plus its plain score under the residual.
         """
         if sketch.shape[-1] != self.dim:
             raise ValueError(f"sketch must have width {self.dim}; got {sketch.shape[-1]}")
-        keys = sequence_keys(previous.to(tokens.device), tokens, self.dim).to(sketch.device)
-        query = keys * sketch.float() / self.dim**0.5
-        table = self.table(sketch.device)
+        tokens = tokens.to(sketch.device)
+        previous = previous.to(sketch.device)
         if candidates is None:
-            return (query.to(torch.bfloat16) @ table.T).float()
+            query = sequence_keys(previous, tokens, self.dim) * sketch.float() / self.dim**0.5
+            return (query.to(torch.bfloat16) @ self.table(sketch.device).T).float()
+        candidates = candidates.to(sketch.device)
         batch = candidates.shape[0]
-        codes = table[candidates.to(sketch.device)].float()  # (B, M, D)
-        flat = query.reshape(batch, -1, self.dim)  # (B, P, D)
-        picked = flat @ codes.transpose(1, 2)  # (B, P, M)
+        flat = sketch.float().expand(*tokens.shape, self.dim).reshape(batch, -1, self.dim)  # (B, P, D)
+        if recall is None:
+            recall = self._recall(flat[:, 0], candidates)
+        weights = flat @ recall.pinv.transpose(1, 2)  # (B, P, S)
+        residual = flat - weights @ recall.atoms
+        keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim)
+        codes = self.table(sketch.device)[candidates].float()  # (B, M, D)
+        picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
-        index = candidates.to(sketch.device)[:, None, :].expand(-1, flat.shape[1], -1)
-        return out.scatter(-1, index, picked).reshape(*query.shape[:-1], self.vocab_size)
+        out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
+        found = recall.triples[:, None]  # (B, 1, S, 3)
+        match = (found[..., 0] == previous.reshape(batch, -1, 1)) & (found[..., 1] == tokens.reshape(batch, -1, 1))
+        nxt = found[..., 2].clamp_min(0).expand_as(match)
+        out = out.scatter_add(-1, nxt, weights * match)
+        return out.reshape(*tokens.shape, self.vocab_size)
+
+    def _recall(self, sketches: Tensor, candidates: Tensor) -> Recall:
+        """`Recall.of`, kept per candidates tensor: a decoding passes the same one every step."""
+        key = id(candidates)
+        held = self._recalls.get(key)
+        if held is not None and held[0]() is candidates:
+            return held[1]
+        recall = Recall.of(sketches, candidates)
+        self._recalls = {k: v for k, v in self._recalls.items() if v[0]() is not None}
+        self._recalls[key] = (weakref.ref(candidates), recall)
+        return recall
 
     def settle_forks(self, scores: Tensor, sketch: Tensor, tokens: Tensor, previous: Tensor,
                      candidates: Tensor | None, confidence: float, horizon: int = FORK_HORIZON) -> Tensor:
@@ -187,21 +295,28 @@ class SuccessorScorer:
         if not forks:
             return scores
         scores = scores.clone()
+        recall = None
+        if candidates is not None:
+            candidates = candidates.to(sketch.device)
+            recall = self._recall(sketch.expand(*tokens.shape, self.dim).reshape(candidates.shape[0], -1, self.dim)[:, 0],
+                                  candidates)
         for index in map(tuple, forks):
             branches = (scores[index] > confidence).nonzero().squeeze(-1).tolist()
-            rows = None if candidates is None else candidates[index[0] : index[0] + 1]
+            rows = None if candidates is None else (candidates[index[0] : index[0] + 1], recall.row(index[0]))
             context = (int(previous[index]), int(tokens[index]))
-            back = [self._comes_back(sketch[index], context, v, rows, confidence, horizon) for v in branches]
+            back = [self._comes_back(sketch.expand(*tokens.shape, self.dim)[index], context, v, rows, confidence,
+                                     horizon) for v in branches]
             if any(back) and not all(back):
                 for v, returns in zip(branches, back):
                     if not returns:
                         scores[index + (v,)] = 0.0
         return scores
 
-    def _comes_back(self, sketch: Tensor, context: tuple[int, int], branch: int, candidates: Tensor | None,
-                    confidence: float, horizon: int) -> bool:
+    def _comes_back(self, sketch: Tensor, context: tuple[int, int], branch: int,
+                    rows: tuple[Tensor, Recall] | None, confidence: float, horizon: int) -> bool:
         """Whether saying `branch` at `context` leads back to `context` within `horizon` tokens
-        along confident successors of the consumed sketch (D,)."""
+        along confident successors of the consumed sketch (D,) (`rows`: the row's candidates
+        and recall, or None)."""
         def ids(v: int) -> Tensor:
             return torch.tensor([v], device=sketch.device)
 
@@ -211,7 +326,7 @@ class SuccessorScorer:
         for _ in range(horizon):
             if (previous, current) == context:
                 return True
-            scores = self.scores(sketch, ids(current), ids(previous), candidates)[0]
+            scores = self.scores(sketch, ids(current), ids(previous), *(rows or (None, None)))[0]
             best = int(scores.argmax())
             if float(scores[best]) <= confidence:
                 return False
