@@ -2,7 +2,14 @@
 
 from .conditioning import ConditioningConfig, MemoryConditionedDecoder
 from .encoder import SentenceEncoder
-from .larimar import EpisodeBatch, LarimarConfig, LarimarModel, LarimarOutput, LossWeights, TextBatch
+from .larimar import (
+    EpisodeBatch,
+    LarimarConfig,
+    LarimarModel,
+    LarimarOutput,
+    LossWeights,
+    TextBatch,
+)
 
 __all__ = [
     "ConditioningConfig",

@@ -26,13 +26,16 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
 from .conditioning_config import ConditioningConfig, ConditioningMode, TrainablePart
 from .late_fusion import LateFusion
-from .sequence import START, SuccessorScorer, previous_tokens
+from .sequence import START, Recall, SuccessorScorer, previous_tokens
 
 __all__ = ["ConditioningConfig", "ConditioningMode", "DecoderShape", "GreedyOutput", "MemoryConditionedDecoder",
            "TrainablePart", "causal_lm_loss"]
@@ -314,10 +317,10 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             inputs = inputs._replace(tokens=torch.cat([inputs.tokens[:, :-1], restart], 1),
                                      previous=torch.cat([inputs.previous[:, :-1], restart], 1))
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        tokens, step_logits = [], []
+        tokens, step_logits, recall = [], [], self.recall(z, candidates) if self.config.mode == "output" else None
         with self._adapters(z):
             for _ in range(max_new_tokens):
-                logits = self._logits(inputs, z, keep=1, candidates=candidates)[:, -1]  # (B, V)
+                logits = self._logits(inputs, z, keep=1, candidates=candidates, recall=recall)[:, -1]  # (B, V)
                 token = logits.argmax(-1)  # (B,)
                 if eos is not None:
                     token = token.masked_fill(done, pad)
@@ -425,7 +428,7 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
         )
 
     def _logits(self, inputs: _DecoderInputs, z: Tensor | None = None, keep: int = 0,
-                candidates: Tensor | None = None) -> Tensor:
+                candidates: Tensor | None = None, recall: Recall | None = None) -> Tensor:
         """Decoder logits (B, keep, V) at the last `keep` positions of one call (0: all T'
         positions of the call; generation needs only the last); the cache grows by T'."""
         if z is not None and self.config.mode == "output":
@@ -445,7 +448,7 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
                 hidden, seen = hidden[:, -keep:], seen[:, -keep:]
                 tokens = None if tokens is None else tokens[:, -keep:]
                 previous = None if previous is None else previous[:, -keep:]
-            return self.fused_logits(hidden, z, seen, tokens, previous, candidates, pointer)
+            return self.fused_logits(hidden, z, seen, tokens, previous, candidates, pointer, recall)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),

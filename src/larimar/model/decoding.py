@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from .conditioning import MemoryConditionedDecoder, _DecoderInputs, _positions
-from .sequence import START, candidate_ids, previous_tokens
+from .sequence import START, Recall, candidate_ids, previous_tokens
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class _Lane:
     rows: list[Row] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
     candidates: Tensor | None = None  # (B, M), rebuilt when the rows change
+    recall: Recall | None = None  # the rows' recovered triples, rebuilt with candidates
 
 
 def supports(decoder: MemoryConditionedDecoder) -> bool:
@@ -230,8 +231,9 @@ class DecodeLoop:
                               cache=inputs.cache, use_cache=True).last_hidden_state[:, -1:]  # (B, 1, H)
                 if lane.candidates is None and lane.rows[0].candidates is not None:
                     lane.candidates = candidate_ids([r.candidates for r in lane.rows], self.device)
+                    lane.recall = dec.recall(torch.stack([r.z for r in lane.rows]), lane.candidates)
                 return dec.fused_logits(hidden, z, lane.seen[:, None], inputs.tokens[:, -1:], inputs.previous[:, -1:],
-                                        lane.candidates, lane.pointer)[:, -1]
+                                        lane.candidates, lane.pointer, lane.recall)[:, -1]
             return dec.decoder(inputs_embeds=inputs.embeds, attention_mask=inputs.mask, position_ids=inputs.positions,
                                cache=inputs.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
@@ -259,7 +261,7 @@ def _select(lane: _Lane, keep: list[int]) -> None:
     index = torch.tensor(keep, dtype=torch.long, device=lane.mask.device)
     lane.rows = [lane.rows[i] for i in keep]
     lane.out = [lane.out[i] for i in keep]
-    lane.candidates = None
+    lane.candidates = lane.recall = None
     if not keep:
         return
     lane.mask, lane.position = lane.mask[index], lane.position[index]

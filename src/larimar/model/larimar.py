@@ -309,7 +309,7 @@ class LarimarModel(nn.Module):
         z_read = (self.config.readout_scale * z_read).reshape(-1, c).to(z_written.dtype)  # (N, C)
 
         labels = batch.target_ids.masked_fill(batch.target_mask == 0, -100)
-        decode = lambda z: self.decoder(batch.target_ids, batch.target_mask, z=z, labels=labels).loss  # noqa: E731
+        decode = lambda z: self.decoder(batch.target_ids, batch.target_mask, z=z, labels=labels).loss
         recon = decode(z_read)
         loss = recon + weights.kl * kl
         auto = lm = None

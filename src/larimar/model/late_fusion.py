@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sequence import START, consume
+from .sequence import START, Recall, consume
 
 
 class LateFusion:
@@ -25,7 +25,7 @@ class LateFusion:
         """Row norms (V,) of the output head's weight, cached like `_unit_embeddings`."""
         return self._cached("_head_norm", weight, weight.dtype, lambda w: w.norm(dim=-1))
 
-    def _cached(self, name: str, weight: Tensor, dtype: torch.dtype, make) -> Tensor:  # noqa: ANN001
+    def _cached(self, name: str, weight: Tensor, dtype: torch.dtype, make) -> Tensor:
         """make(weight in dtype), recomputed only when the weight changes (always while training it)."""
         if torch.is_grad_enabled() and weight.requires_grad:
             return make(weight.to(dtype))
@@ -84,6 +84,14 @@ class LateFusion:
         code, sketch = z[..., : self.config.code_size], z[..., self.config.code_size :]
         return torch.cat([code, consume(sketch, previous.to(z.device), tokens.to(z.device), chosen.to(z.device))], -1)
 
+    def recall(self, z: Tensor | None, candidates: Tensor | None) -> Recall | None:
+        """The triples that readouts z (B, C), as read before any token is said, hold among their
+        texts' tokens `candidates` (B, M) (`Recall`), for every decoding step of those rows; None
+        without a sequence channel, z or candidates."""
+        if self.successors is None or z is None or candidates is None:
+            return None
+        return Recall.of(z[..., self.config.code_size :].float(), candidates.to(z.device))
+
     def _tied(self) -> bool:
         """Whether the decoder's input embeddings are its output head's weight."""
         _, head = self._body_and_head()
@@ -91,7 +99,8 @@ class LateFusion:
 
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
                      tokens: Tensor | None = None, previous: Tensor | None = None,
-                     candidates: Tensor | None = None, pointer: Tensor | None = None) -> Tensor:
+                     candidates: Tensor | None = None, pointer: Tensor | None = None,
+                     recall: Recall | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -114,6 +123,7 @@ class LateFusion:
         set aside for this position (`SuccessorScorer.settle_forks`).
         candidates (B, M) limit the successor scores to the recalled text's tokens. pointer,
         `pointer(z)` when already known (B, V) for z (B, C), else computed here (once per row of z).
+        recall, `recall(z, candidates)` of the rows' readouts before any token was said (decoding).
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -137,8 +147,9 @@ class LateFusion:
             if previous is None:
                 previous = torch.full_like(tokens, START)
             tokens, previous = tokens.to(sketch.device), previous.to(sketch.device)
-            scores = self.successors.scores(sketch, tokens, previous, candidates)  # (..., V)
-            scores = self.successors.settle_forks(scores, sketch, tokens, previous, candidates, cfg.sequence_confidence)
+            scores = self.successors.scores(sketch, tokens, previous, candidates, recall)  # (..., V)
+            scores = self.successors.settle_forks(scores, sketch, tokens, previous, candidates, cfg.sequence_confidence,
+                                                  recall=recall)
             logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
                 1 - cfg.sequence_threshold)
             pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token

@@ -40,10 +40,7 @@ ASKS_NUMBER = re.compile(
 """A question, opening the query or one of its sentences, whose answer is a number or a date
 ("When did ...", "how many ..."; not the clause "When X died, ...")."""
 NUMBER_WORDS = frozenset(
-    "two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty seventy eighty "
-    "ninety hundred thousand million billion dozen century decade january february march april june july "
-    "august september october november december monday tuesday wednesday thursday friday saturday sunday "
-    "yesterday tomorrow".split())
+    ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand", "million", "billion", "dozen", "century", "decade", "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "yesterday", "tomorrow"])
 """Words that state a number or a date without digits ("one", "first", "second" and "may" are left
 out: they are as often a name's part, an ordinal or a verb, "Xbox One")."""
 FIRST_MERGE = 256

@@ -39,7 +39,6 @@ Symbols: V vocabulary, D sketch width, n tokens in a text.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,12 +136,13 @@ def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) ->
     return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
-def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: int = 4) -> tuple[Tensor, Tensor]:
+def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: int = 16) -> tuple[Tensor, Tensor]:
     """The triples a sketch (D,) holds among those its tokens `ids` (M,) can form.
 
     Greedy pursuit with least-squares refits: each round adds the (at most `batch`) triples
     whose correlation with the residual is highest (and within 0.7 of the best), refits all
-    chosen triples' weights to the sketch, and stops when no correlation reaches `floor`.
+    chosen triples' weights to the sketch, and stops when no correlation reaches `floor` or at
+    D / 4 triples (past that, D random signs no longer determine the triples reliably).
     Contexts range over START and `ids`, successors over `ids`.
     Returns triples (S, 3) as (previous, token, next) ids and their unit atoms (S, D).
     """
@@ -156,13 +156,13 @@ def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: in
     chosen = torch.zeros(pairs.shape[0] * len(ids), dtype=torch.bool, device=sketch.device)
     support = torch.empty(0, dtype=torch.long, device=sketch.device)
     residual = target
-    for _ in range(dim):
+    while len(support) < dim // 4:
         corr = ((pairs * residual) @ codes.T).reshape(-1).masked_fill(chosen, 0.0)
         best = float(corr.max())
         if best < floor:
             break
         pick = (corr >= max(floor, 0.7 * best)).nonzero().squeeze(-1)
-        pick = pick[corr[pick].argsort(descending=True)[:batch]]
+        pick = pick[corr[pick].argsort(descending=True)[: min(batch, dim // 4 - len(support))]]
         chosen[pick] = True
         support = torch.cat([support, pick])
         atoms = pairs[support // len(ids)] * codes[support % len(ids)]
@@ -219,7 +219,6 @@ class SuccessorScorer:
             raise ValueError(f"vocab_size and dim must be >= 1; got {vocab_size}, {dim}")
         self.vocab_size, self.dim = vocab_size, dim
         self._tables: dict[torch.device, Tensor] = {}
-        self._recalls: dict[int, tuple[weakref.ref, Recall]] = {}
 
     def table(self, device: torch.device) -> Tensor:
         """The (V, D) table of sign codes (unscaled) on `device`."""
@@ -240,8 +239,9 @@ class SuccessorScorer:
         token ids of the texts the sketches hold (B the leading dimension of `tokens`; pad a row
         by repeating one of its ids), only those are scored and every other token gets 0, its
         expected score: a product of M columns instead of V. With candidates the triples are
-        recovered (`Recall`, once per candidates tensor, or `recall` when given) and a triple's
-        score is its least-squares weight plus its plain score under the residual.
+        recovered (`recall`, else `Recall.of` these sketches) and a triple's score is its
+        least-squares weight plus its plain score under the residual. Decoding passes the recall
+        of the readouts as read before any token was said (consuming does not change it).
         """
         if sketch.shape[-1] != self.dim:
             raise ValueError(f"sketch must have width {self.dim}; got {sketch.shape[-1]}")
@@ -250,15 +250,15 @@ class SuccessorScorer:
         if candidates is None:
             query = sequence_keys(previous, tokens, self.dim) * sketch.float() / self.dim**0.5
             return (query.to(torch.bfloat16) @ self.table(sketch.device).T).float()
+        batch, work = candidates.shape[0], torch.promote_types(sketch.dtype, torch.float32)
+        flat = sketch.to(work).expand(*tokens.shape, self.dim).reshape(batch, -1, self.dim)  # (B, P, D)
         candidates = candidates.to(sketch.device)
-        batch = candidates.shape[0]
-        flat = sketch.float().expand(*tokens.shape, self.dim).reshape(batch, -1, self.dim)  # (B, P, D)
         if recall is None:
-            recall = self._recall(flat[:, 0], candidates)
-        weights = flat @ recall.pinv.transpose(1, 2)  # (B, P, S)
-        residual = flat - weights @ recall.atoms
-        keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim)
-        codes = self.table(sketch.device)[candidates].float()  # (B, M, D)
+            recall = Recall.of(flat[:, 0], candidates)
+        weights = flat @ recall.pinv.to(work).transpose(1, 2)  # (B, P, S)
+        residual = flat - weights @ recall.atoms.to(work)
+        keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim).to(work)
+        codes = self.table(sketch.device)[candidates].to(work)  # (B, M, D)
         picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
         out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
@@ -268,19 +268,9 @@ class SuccessorScorer:
         out = out.scatter_add(-1, nxt, weights * match)
         return out.reshape(*tokens.shape, self.vocab_size)
 
-    def _recall(self, sketches: Tensor, candidates: Tensor) -> Recall:
-        """`Recall.of`, kept per candidates tensor: a decoding passes the same one every step."""
-        key = id(candidates)
-        held = self._recalls.get(key)
-        if held is not None and held[0]() is candidates:
-            return held[1]
-        recall = Recall.of(sketches, candidates)
-        self._recalls = {k: v for k, v in self._recalls.items() if v[0]() is not None}
-        self._recalls[key] = (weakref.ref(candidates), recall)
-        return recall
-
     def settle_forks(self, scores: Tensor, sketch: Tensor, tokens: Tensor, previous: Tensor,
-                     candidates: Tensor | None, confidence: float, horizon: int = FORK_HORIZON) -> Tensor:
+                     candidates: Tensor | None, confidence: float, horizon: int = FORK_HORIZON,
+                     recall: Recall | None = None) -> Tensor:
         """`scores` (..., V) with each fork settled toward the branches that come back to it.
 
         A fork is a context with more than one confident successor (a written text passed
@@ -289,17 +279,18 @@ class SuccessorScorer:
         a fork it first takes a branch that returns to the fork: following each branch's
         confident successors, with the sketch consumed as generation would (`consume`), for up
         to `horizon` tokens. Where some branches come back and others do not, those that do
-        not score 0 at this position (they stay in the sketch for the next visit).
+        not score 0 at this position (they stay in the sketch for the next visit). `recall`: see
+        `scores`.
         """
         forks = ((scores > confidence).sum(-1) > 1).nonzero().tolist()
         if not forks:
             return scores
         scores = scores.clone()
-        recall = None
         if candidates is not None:
             candidates = candidates.to(sketch.device)
-            recall = self._recall(sketch.expand(*tokens.shape, self.dim).reshape(candidates.shape[0], -1, self.dim)[:, 0],
-                                  candidates)
+            if recall is None:
+                rows = sketch.expand(*tokens.shape, self.dim).reshape(candidates.shape[0], -1, self.dim)[:, 0]
+                recall = Recall.of(rows.float(), candidates)
         for index in map(tuple, forks):
             branches = (scores[index] > confidence).nonzero().squeeze(-1).tolist()
             rows = None if candidates is None else (candidates[index[0] : index[0] + 1], recall.row(index[0]))
