@@ -8,7 +8,9 @@ heldout.jsonl; no training stage saw them), in three bands of decoder tokens (up
 with the scope forced in (threshold -1: this measures the memory's recall, not the scope
 decision). A reply is exact when it is the sentence itself (outer spaces aside); the word
 share is the share of the sentence's words the reply gives in order before its first wrong
-word. Prints a table and writes JSON (benchmarks/results/recall_texts.json).
+word. Each sentence is also continued by `generate` from its first 4 words (the raw
+continuation, scope forced in), exact when the prompt and the continuation make the sentence.
+Prints a table and writes JSON (benchmarks/results/recall_texts.json).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import larimar
 
 BANDS = ((1, 15), (16, 25), (26, 45))
 QUESTION = "What do you remember?"
+PROMPT_WORDS = 4
 
 
 def leading_words(reply: str, text: str) -> float:
@@ -59,18 +62,27 @@ def main() -> None:
         answers = lm.ask_many([QUESTION] * len(band), memories, max_new_tokens=high + 8, scope_threshold=-1.0)
         exact = [a.text.strip() == s.strip() for a, s in zip(answers, band)]
         words = [leading_words(a.text, s) for a, s in zip(answers, band)]
+        prompts = [" ".join(s.split()[:PROMPT_WORDS]) for s in band]
+        continued = [p + lm.generate(p, memory=m, max_new_tokens=high + 8, scope_threshold=-1.0)
+                     for p, m in zip(prompts, memories)]
+        whole = [c.strip() == s.strip() for c, s in zip(continued, band)]
         rows.append({"tokens": f"{low}-{high}", "texts": len(band), "exact": sum(exact) / len(band),
-                     "words_before_first_error": sum(words) / len(band)})
+                     "words_before_first_error": sum(words) / len(band), "continued_exact": sum(whole) / len(band)})
         examples += [{"text": s, "reply": a.text} for a, s, ok in zip(answers, band, exact) if not ok][:5]
-        print(f"| {low}-{high} | {len(band)} | {rows[-1]['exact']:.3f} | {rows[-1]['words_before_first_error']:.3f} |",
-              flush=True)
+        examples += [{"text": s, "continued": c} for c, s, ok in zip(continued, band, whole) if not ok][:5]
+        print(_line(rows[-1]), flush=True)
     result = {"rows": rows, "misses": examples, "seconds": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| decoder tokens | texts | exact reply | words before the first error |")
-    print("|---|---:|---:|---:|")
+    print("| decoder tokens | texts | exact reply | words before the first error | continued from 4 words: exact |")
+    print("|---|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['tokens']} | {row['texts']} | {row['exact']:.3f} | {row['words_before_first_error']:.3f} |")
+        print(_line(row))
+
+
+def _line(row: dict) -> str:
+    return (f"| {row['tokens']} | {row['texts']} | {row['exact']:.3f} | {row['words_before_first_error']:.3f} "
+            f"| {row['continued_exact']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -474,3 +474,34 @@ def test_recall_reads_a_long_text_the_plain_sketch_garbles() -> None:
     assert (plain.argmax(-1)[:-1] != nxt[:-1]).any() or (plain.gather(-1, nxt[:, None]) < 0.6).any()
     assert (recalled.argmax(-1)[:-1] == nxt[:-1]).all()
     assert (recalled.gather(-1, nxt[:-1, None]) > 0.95).all()
+
+
+@pytest.mark.parametrize("recalled", [False, True])
+def test_a_prompt_that_took_one_way_of_a_fork_is_continued_the_other_way(recalled: bool, monkeypatch) -> None:
+    """"a b c a b d.": prompted with "a b c a b", the context (a, b) goes on to c and to d. The
+    prompt already took the way to c, so the continuation is " d." (greedy and `DecodeLoop`,
+    float64, with and without the recalled text's tokens); without the prompt's triples taken
+    out of the sketch the fork rule goes round again ("c a b ...")."""
+    model = seq_model(sequence_weight=60.0).double()
+    tok = model.tokenizer
+    text = "a b c a b d."
+    z = model.encode([text])
+    read = model.memory.read(model.memory.write(z[None]), z[None])[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prompt = tok("a b c a b", add_special_tokens=False)["input_ids"]
+    assert ids[: len(prompt)] == prompt
+    rest = ids[len(prompt) :]
+    words = tuple(sorted(set(ids) | {tok.eos_token_id}))
+
+    def continuations() -> tuple[list[int], list[int]]:
+        greedy = model.decoder.greedy(torch.tensor([prompt]), z=read, max_new_tokens=len(ids),
+                                      eos_token_id=tok.eos_token_id,
+                                      candidates=torch.tensor([words]) if recalled else None)
+        loop = DecodeLoop(model.decoder, eos_token_id=tok.eos_token_id)
+        row = Row(0, tuple(prompt), read[0], words if recalled else None, len(ids))
+        return greedy.sequences[0, len(prompt):].tolist(), loop.run([row])[0]
+
+    greedy, looped = continuations()
+    assert greedy == looped == rest + [tok.eos_token_id]
+    monkeypatch.setattr(type(model.decoder), "said_prompt", lambda self, z, *args: z)
+    assert continuations()[0][: len(rest)] != rest

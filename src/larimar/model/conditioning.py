@@ -35,7 +35,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .conditioning_config import ConditioningConfig, ConditioningMode, TrainablePart
 from .late_fusion import LateFusion
-from .sequence import START, Recall, SuccessorScorer, previous_tokens
+from .sequence import Recall, SuccessorScorer, previous_tokens
 
 __all__ = ["ConditioningConfig", "ConditioningMode", "DecoderShape", "GreedyOutput", "MemoryConditionedDecoder",
            "TrainablePart", "causal_lm_loss"]
@@ -302,8 +302,8 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
 
         `reply_start` (a sequence channel and z): the continuation is a new text (a chat
         reply), so the sequence channel's context restarts at (START, START) after the prompt
-        and the memory can recall a written text from its first token. `candidates`: see
-        `forward`.
+        and the memory can recall a written text from its first token; otherwise the prompt's
+        triples leave the sketch (`sequence_start`). `candidates`: see `forward`.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
@@ -312,10 +312,9 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             z = self._check_z(z, input_ids)
         eos, pad = self._stop_tokens(eos_token_id, pad_token_id, input_ids.device)
         inputs = self._prepare(input_ids, mask, z)
-        if reply_start and inputs.tokens is not None:
-            restart = torch.full_like(inputs.tokens[:, -1:], START)
-            inputs = inputs._replace(tokens=torch.cat([inputs.tokens[:, :-1], restart], 1),
-                                     previous=torch.cat([inputs.previous[:, :-1], restart], 1))
+        if inputs.tokens is not None:
+            z, previous, tokens = self.sequence_start(z, inputs.previous, inputs.tokens, mask, reply_start)
+            inputs = inputs._replace(tokens=tokens, previous=previous)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         tokens, step_logits, recall = [], [], self.recall(z, candidates) if self.config.mode == "output" else None
         with self._adapters(z):

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from .conditioning import MemoryConditionedDecoder, _DecoderInputs, _positions
-from .sequence import START, Recall, candidate_ids, previous_tokens
+from .sequence import Recall, candidate_ids, previous_tokens
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,9 @@ class DecodeLoop:
         else:
             inputs = dec._prepare(ids, mask, z)
             full_ids, full_mask = ids, mask
-        if self.reply_start and inputs.tokens is not None:
-            restart = torch.full_like(inputs.tokens[:, -1:], START)
-            inputs = inputs._replace(tokens=torch.cat([inputs.tokens[:, :-1], restart], 1),
-                                     previous=torch.cat([inputs.previous[:, :-1], restart], 1))
+        if inputs.tokens is not None:
+            z, previous, tokens = dec.sequence_start(z, inputs.previous, inputs.tokens, mask, self.reply_start)
+            inputs = inputs._replace(tokens=tokens, previous=previous)
         lane = _Lane(front=start or inputs.memory, cache=inputs.cache, mask=inputs.mask,
                      position=inputs.positions[:, -1:], z=z, seen=None, scale=None, pointer=None,
                      token=(inputs.tokens if inputs.tokens is not None else ids)[:, -1:],  # as the sketch reads it

@@ -84,6 +84,29 @@ class LateFusion:
         code, sketch = z[..., : self.config.code_size], z[..., self.config.code_size :]
         return torch.cat([code, consume(sketch, previous.to(z.device), tokens.to(z.device), chosen.to(z.device))], -1)
 
+    def sequence_start(self, z: Tensor | None, previous: Tensor, tokens: Tensor, mask: Tensor,
+                       reply_start: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+        """z and the sequence channel's contexts `previous`, `tokens` (B, T) for the continuation
+        of a prompt (mask (B, T)). With `reply_start` (a chat reply: a new text) the last
+        position's context restarts at (START, START), so the memory recalls a written text
+        from its first token; otherwise the prompt's triples leave z's sketch (`said_prompt`)."""
+        if reply_start:
+            restart = torch.full_like(tokens[:, -1:], START)
+            return z, torch.cat([previous[:, :-1], restart], 1), torch.cat([tokens[:, :-1], restart], 1)
+        return (None if z is None else self.said_prompt(z, previous, tokens, mask)), previous, tokens
+
+    def said_prompt(self, z: Tensor, previous: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        """z (B, C) after a prompt that generation continues: every triple the prompt's tokens
+        (B, T) form after `previous` (B, T) leaves the sketch as if generation had said it (mask
+        (B, T) 1 on real tokens). A continuation of a written text then does not take again a way
+        its prompt took ("... merges with" prompted, "... where it merges into" follows)."""
+        if self.successors is None:
+            return z
+        for i in range(tokens.shape[1] - 1):
+            keep = (mask[:, i] * mask[:, i + 1]).bool()[:, None]  # (B, 1)
+            z = torch.where(keep, self.said(z, previous[:, i], tokens[:, i], tokens[:, i + 1]), z)
+        return z
+
     def recall(self, z: Tensor | None, candidates: Tensor | None) -> Recall | None:
         """The triples that readouts z (B, C), as read before any token is said, hold among their
         texts' tokens `candidates` (B, M) (`Recall`), for every decoding step of those rows; None
