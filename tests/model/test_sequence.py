@@ -505,3 +505,13 @@ def test_a_prompt_that_took_one_way_of_a_fork_is_continued_the_other_way(recalle
     assert greedy == looped == rest + [tok.eos_token_id]
     monkeypatch.setattr(type(model.decoder), "said_prompt", lambda self, z, *args: z)
     assert continuations()[0][: len(rest)] != rest
+
+
+def test_a_sketch_that_holds_nothing_recalls_nothing() -> None:
+    """A zero readout (nothing written, or an empty text) recovers no triple: scores stay 0, finite."""
+    scorer = SuccessorScorer(50, 64)
+    recall = Recall.of(torch.zeros(2, 64), torch.tensor([[3, 4], [5, 5]]))
+    assert recall.triples.shape == (2, 1, 3) and (recall.pinv == 0).all()
+    scores = scorer.scores(torch.zeros(2, 64), torch.tensor([3, 5]), torch.tensor([START, START]),
+                           torch.tensor([[3, 4], [5, 5]]), recall)
+    assert torch.isfinite(scores).all() and (scores == 0).all()
