@@ -312,11 +312,12 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
             z = self._check_z(z, input_ids)
         eos, pad = self._stop_tokens(eos_token_id, pad_token_id, input_ids.device)
         inputs = self._prepare(input_ids, mask, z)
+        recall = self.recall(z, candidates)  # of the readout before the prompt's triples leave it
         if inputs.tokens is not None:
             z, previous, tokens = self.sequence_start(z, inputs.previous, inputs.tokens, mask, reply_start)
             inputs = inputs._replace(tokens=tokens, previous=previous)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        tokens, step_logits, recall = [], [], self.recall(z, candidates) if self.config.mode == "output" else None
+        tokens, step_logits = [], []
         with self._adapters(z):
             for _ in range(max_new_tokens):
                 logits = self._logits(inputs, z, keep=1, candidates=candidates, recall=recall)[:, -1]  # (B, V)

@@ -154,6 +154,8 @@ class LateFusion:
         z = z.to(hidden.dtype)
         if pointer is None:
             pointer = self.pointer(z, hidden.dtype)  # once per row of z, not per position
+        if recall is None and tokens is not None and z.ndim == 2:
+            recall = self.recall(z, candidates)  # once for both the scores and the forks
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
             pointer = pointer.unsqueeze(-2)  # (B, 1, V)
