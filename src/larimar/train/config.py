@@ -115,10 +115,33 @@ class FusionConfig:
     frozen: tuple[str, ...] = ()
     """Names (prefixes) of trainable parameters to keep at their initial values, e.g.
     ("decoder.memory_map", "encoder.lexical_head") to keep the initial copy path."""
+    sequence_dropout: float = 0.0
+    """Share of statement episodes read without their sequence sketch (with a sequence
+    channel), so that the copy path still learns to answer prompts whose wording the sketch
+    does not hold (paraphrases)."""
+    questions: str | None = None
+    """CounterFact train cases (EasyEdit flat JSON) for question episodes in the chat format
+    (`larimar.train.questions`); None: statements only."""
+    question_cases: int = 4000
+    """CounterFact cases turned into question episodes (one question each)."""
+    question_templated: int = 2000
+    """Templated personal and office facts turned into question episodes."""
+    question_casual: float = 0.3
+    """Share of questions typed casually (lower case, no question mark)."""
+    question_sentences: int = 0
+    """Question episodes scored per optimiser step, besides `batch_sentences` statements."""
+    question_max_tokens: int = 96
+    """Longest question episode (chat prompt and reply, decoder tokens) kept."""
 
     def __post_init__(self) -> None:
         self.episode_sizes = tuple(self.episode_sizes)
         self.frozen = tuple(self.frozen)
+        if not 0.0 <= self.sequence_dropout <= 1.0 or not 0.0 <= self.question_casual <= 1.0:
+            raise ValueError("fusion: need 0 <= sequence_dropout <= 1 and 0 <= question_casual <= 1")
+        if self.question_sentences < 0 or self.question_cases < 0 or self.question_templated < 0:
+            raise ValueError("fusion: question_sentences, question_cases and question_templated must be >= 0")
+        if self.question_sentences and self.questions is None:
+            raise ValueError("fusion.question_sentences needs fusion.questions (the CounterFact train file)")
         if not self.episode_sizes or any(e < 1 or self.batch_sentences % e for e in self.episode_sizes):
             raise ValueError(f"fusion.episode_sizes must be >= 1 and divide batch_sentences ({self.batch_sentences}); "
                              f"got {self.episode_sizes}")

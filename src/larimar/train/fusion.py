@@ -15,6 +15,8 @@ Cache layout (`<output_dir>/cache/shard-NNNNN.pt`, each a dict):
     ids        list[(T_i,)]  decoder tokens of written + eos
     hidden     list[(T_i, D)] fp16 decoder final hidden states of those tokens
     answer     list[int]     index of the first token of the last word in `ids`
+    chat       bool          (question shards, `build_chat_cache`) `query` holds questions,
+                             `ids` a chat prompt then the reply, `answer` the reply's start
 
 Symbols: n sentences per shard, H encoder width, D decoder width, C code size, E episode size.
 """
@@ -38,9 +40,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
-from ..model.sequence import previous_tokens
+from ..model.sequence import START, previous_tokens
 from ..model.text import split_last_word
 from .data import swap_last_word
+from .questions import ChatExample, load_examples
 from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -80,32 +83,66 @@ def build_cache(model: LarimarModel, sentences: list[str], folder: Path, shard_s
 
     Returns the shard paths in order. Safe to interrupt: a shard appears only when complete.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer
     eos = tok.eos_token or ""
-    encoder, decoder = model.encoder, model.decoder
-    encoder.eval()
-    decoder.eval()
-    device = encoder.head.weight.device
-    paths = []
-    n_shards = math.ceil(len(sentences) / shard_size)
-    for shard in range(n_shards):
-        path = folder / f"shard-{shard:05d}.pt"
-        paths.append(path)
-        if path.is_file():
-            continue
-        chunk = sentences[shard * shard_size : (shard + 1) * shard_size]
+
+    def shard_data(shard: int, chunk: list[str]) -> dict[str, Any]:
         pairs = fusion_examples(chunk, swap, seed * 100_003 + shard)
         ids = [tok(w + eos, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"] for w, _ in pairs]
         keep = [i for i, t in enumerate(ids)  # whole sentences only, with a last word to predict
                 if t and t[-1] == tok.eos_token_id and answer_start(tok, pairs[i][1], t) < len(t) - 1]
         pairs, ids = [pairs[i] for i in keep], [ids[i] for i in keep]
-        order = sorted(range(len(pairs)), key=lambda i: len(ids[i]))
-        hidden: list[Tensor | None] = [None] * len(pairs)
+        return {"written": [w for w, _ in pairs], "query": [q for _, q in pairs], "ids": ids,
+                "answer": [answer_start(tok, q, t) for (_, q), t in zip(pairs, ids)]}
+
+    return _cache_shards(model, sentences, folder, shard_size, batch_size, shard_data)
+
+
+@torch.no_grad()
+def build_chat_cache(model: LarimarModel, examples: list[ChatExample], folder: Path, shard_size: int = 1000,
+                     max_tokens: int = 96, batch_size: int = 32) -> list[Path]:
+    """`build_cache` for question episodes: `written` holds the facts, `query` the questions,
+    `ids` the chat prompt's tokens then the reply's (the fact's tokens and eos, as the sequence
+    channel holds them), `answer` the reply's first index; episodes over `max_tokens` are dropped."""
+    tok = model.tokenizer
+    end = [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+    def shard_data(shard: int, chunk: list[ChatExample]) -> dict[str, Any]:
+        prompts = [tok(e.prompt, add_special_tokens=False)["input_ids"] for e in chunk]
+        replies = [tok(e.fact, add_special_tokens=False)["input_ids"] + end for e in chunk]
+        keep = [i for i in range(len(chunk)) if len(replies[i]) > 1 and len(prompts[i]) + len(replies[i]) <= max_tokens]
+        return {"written": [chunk[i].fact for i in keep], "query": [chunk[i].question for i in keep],
+                "ids": [prompts[i] + replies[i] for i in keep], "answer": [len(prompts[i]) for i in keep],
+                "chat": True}
+
+    return _cache_shards(model, examples, folder, shard_size, batch_size, shard_data)
+
+
+def _cache_shards(model: LarimarModel, items: list[Any], folder: Path, shard_size: int, batch_size: int,
+                  shard_data: Any) -> list[Path]:
+    """Shards of `items`: shard_data(index, chunk) gives the texts, token ids and answer starts;
+    this adds the decoder's final hidden states and the encoder's pooled states."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder, decoder = model.encoder, model.decoder
+    encoder.eval()
+    decoder.eval()
+    device = encoder.head.weight.device
+    pad = model.tokenizer.pad_token_id or 0
+    paths = []
+    n_shards = math.ceil(len(items) / shard_size)
+    for shard in range(n_shards):
+        path = folder / f"shard-{shard:05d}.pt"
+        paths.append(path)
+        if path.is_file():
+            continue
+        data = shard_data(shard, items[shard * shard_size : (shard + 1) * shard_size])
+        ids = data["ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        hidden: list[Tensor | None] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             width = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), width), tok.pad_token_id or 0, dtype=torch.long)
+            batch = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros_like(batch)
             for r, i in enumerate(rows):
                 batch[r, : len(ids[i])] = torch.tensor(ids[i])
@@ -113,23 +150,17 @@ def build_cache(model: LarimarModel, sentences: list[str], folder: Path, shard_s
             h = decoder.final_hidden(batch.to(device), mask.to(device)).half().cpu()  # (b, T, D)
             for r, i in enumerate(rows):
                 hidden[i] = h[r, : len(ids[i])].clone()
-        written, query = [w for w, _ in pairs], [q for _, q in pairs]
-        pooled = {}
-        for name, texts in (("pooled_w", written), ("pooled_q", query)):
+        for name, texts in (("pooled_w", data["written"]), ("pooled_q", data["query"])):
             parts = []
             for start in range(0, len(texts), 64):
                 t = encoder.tokenize(texts[start : start + 64])
                 parts.append(encoder.pool(t["input_ids"], t["attention_mask"]).half().cpu())
-            pooled[name] = torch.cat(parts)
-        data = {
-            "written": written, "query": query, **pooled,
-            "ids": [torch.tensor(t) for t in ids], "hidden": hidden,
-            "answer": [answer_start(tok, q, t) for q, t in zip(query, ids)],
-        }
+            data[name] = torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float16)
+        data.update(ids=[torch.tensor(t) for t in ids], hidden=hidden)
         tmp = path.with_suffix(".tmp")
         torch.save(data, tmp)
         tmp.rename(path)
-        logger.info("cached shard %d/%d (%d sentences)", shard + 1, n_shards, len(written))
+        logger.info("cached shard %d/%d of %s (%d texts)", shard + 1, n_shards, folder, len(ids))
     return paths
 
 
@@ -172,6 +203,7 @@ class CachedShard:
     ids: list[Tensor]
     hidden: list[Tensor]
     answer: list[int]
+    chat: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,6 +212,8 @@ class CachedShard:
 def load_shard(path: Path, model: LarimarModel) -> CachedShard:
     """Read a shard written by `build_cache`."""
     data = torch.load(path, weights_only=False)
+    if not data["ids"]:  # every text of the shard was dropped
+        return CachedShard(data["pooled_w"], data["pooled_q"], None, None, None, None, [], [], [], bool(data.get("chat")))
     enc = model.encoder
     lex = enc.lexical if enc.lexical_head is not None else None
     seq = enc.sequence if enc.sequence_size else None
@@ -187,7 +221,7 @@ def load_shard(path: Path, model: LarimarModel) -> CachedShard:
         data["pooled_w"], data["pooled_q"],
         lex(data["written"]) if lex else None, lex(data["query"]) if lex else None,
         seq(data["written"]) if seq else None, seq(data["query"]) if seq else None,
-        data["ids"], data["hidden"], data["answer"],
+        data["ids"], data["hidden"], data["answer"], bool(data.get("chat", False)),
     )
 
 
@@ -227,6 +261,7 @@ class FusionTrainer:
         self.scheduler = LambdaLR(self.optimizer, lr_lambda(config))
         self.step = 0
         self.shards: list[CachedShard] = []
+        self.chat_shards: list[CachedShard] = []
 
     # ------------------------------------------------------------------------- bookkeeping
     def _log(self, record: dict[str, Any]) -> None:
@@ -254,7 +289,7 @@ class FusionTrainer:
 
     # ------------------------------------------------------------------------- data
     def prepare(self) -> None:
-        """Build (or complete) the cache of frozen states and load it."""
+        """Build (or complete) the caches of frozen states and load them."""
         f = self.config.fusion
         paths = build_cache(self.model, self.train_sentences, self.cache_dir, f.shard_size,
                             self.config.data.swap_last_word, self.config.seed, self.config.data.max_tokens,
@@ -263,6 +298,14 @@ class FusionTrainer:
         if sum(len(s) for s in self.shards) < f.batch_sentences:
             raise ValueError(f"the cache holds fewer than batch_sentences={f.batch_sentences} usable sentences; "
                              "use more training sentences or a smaller batch")
+        if f.question_sentences:
+            examples = load_examples(f.questions, self.model.tokenizer, f.question_cases, f.question_templated,
+                                     f.question_casual, self.config.seed)
+            paths = build_chat_cache(self.model, examples, self.cache_dir / "questions", f.shard_size,
+                                     f.question_max_tokens, f.cache_batch)
+            self.chat_shards = [load_shard(p, self.model) for p in paths]
+            if not any(len(s) for s in self.chat_shards):
+                raise ValueError("no question episode fits fusion.question_max_tokens; raise it")
 
     def _latents(self, shard: CachedShard, rows: list[int], query: list[bool]) -> tuple[Tensor, Tensor]:
         enc = self.model.encoder
@@ -279,45 +322,50 @@ class FusionTrainer:
         return enc.latent(pw, *(t[idx] for t in shard.lex_w), sw), enc.latent(pq, *lq, sq)
 
     def batch_loss(self, gen: torch.Generator) -> tuple[Tensor, int]:
-        """Loss of one random batch of episodes; returns it and the number of scored tokens."""
+        """Loss of one random batch of episodes; returns it and the number of scored tokens.
+
+        Statements (`batch_sentences`, in episodes of one drawn size) are read back from the
+        closed-form readout of their episode, at their last word and what follows it; question
+        episodes (`question_sentences`) are read with the fact's own latent, at every token of
+        the reply, with the sequence channel's context restarting at the reply.
+        """
         f = self.config.fusion
         sizes = f.episode_sizes
         e = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
-        lengths = torch.tensor([len(s) for s in self.shards], dtype=torch.float)
-        picks: dict[int, list[int]] = {}
-        for s in torch.multinomial(lengths, f.batch_sentences, replacement=True, generator=gen).tolist():
-            picks.setdefault(s, []).append(int(torch.randint(len(self.shards[s]), (1,), generator=gen)))
-        z_w, z_q, hid, tgt, inp, owner, cur, prev = [], [], [], [], [], [], [], []
-        base = 0
-        for s, rows in picks.items():
-            shard = self.shards[s]
-            full = (torch.rand(len(rows), generator=gen) < f.full_query).tolist()
-            a, b = self._latents(shard, rows, full)
+        device = self.model.encoder.head.weight.device
+        c = self.model.config.memory.code_size  # the whole latent, sequence channel included
+        scale = self.model.config.readout_scale
+        rows = _Rows()
+        z_w, z_q = [], []
+        for shard, picked in _draw(self.shards, f.batch_sentences, gen):
+            full = (torch.rand(len(picked), generator=gen) < f.full_query).tolist()
+            a, b = self._latents(shard, picked, full)
             z_w.append(a)
             z_q.append(b)
-            for j, r in enumerate(rows):
-                ids, hidden, start = shard.ids[r], shard.hidden[r], shard.answer[r]
+            for r in picked:
+                ids, start = shard.ids[r], shard.answer[r]
                 positions = list(range(start - 1, len(ids) - 1))  # predict the last word onwards
                 if start > 1 and f.extra_positions:
                     positions += torch.randint(0, start - 1, (f.extra_positions,), generator=gen).tolist()
-                hid.append(hidden[positions])
-                inp.append((ids, positions))
-                tgt.append(ids[[p + 1 for p in positions]])
-                cur.append(ids[positions])
-                prev.append(previous_tokens(ids[None])[0, positions])
-                owner += [base + j] * len(positions)
-            base += len(rows)
-        device = self.model.encoder.head.weight.device
-        c = self.model.config.memory.code_size  # the whole latent, sequence channel included
+                rows.add(shard, r, positions, previous_tokens(ids[None])[0], ids)
         zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
-        z_read = self.model.config.readout_scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)  # (N, C)
-        hidden = torch.cat(hid).float().to(device)  # (R, D)
-        decoder = self.model.decoder
-        seen = self._coverage(inp, z_read)  # (R, 1)
-        tokens = torch.cat(cur).to(device)  # (R,) the token at each scored position
-        previous = torch.cat(prev).to(device)  # (R,) the token before it
-        logits = decoder.fused_logits(hidden, z_read[torch.tensor(owner, device=device)], seen, tokens, previous)
-        target = torch.cat(tgt).to(device)
+        z_read = [scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)]  # (N, C)
+        code = self.model.config.conditioning.code_size
+        if f.sequence_dropout and c > code:
+            drop = torch.rand(len(z_read[0]), generator=gen) < f.sequence_dropout
+            z_read[0] = torch.cat([z_read[0][:, :code], z_read[0][:, code:] * (~drop).to(z_read[0])[:, None]], 1)
+        for shard, picked in _draw(self.chat_shards, f.question_sentences, gen):
+            written, _ = self._latents(shard, picked, [True] * len(picked))
+            z_read.append(scale * written)  # what recall by key gives back
+            for r in picked:
+                rows.add(shard, r, *reply_contexts(shard.ids[r], shard.answer[r]))
+        z = torch.cat(z_read)
+        hidden = torch.cat(rows.hidden).float().to(device)  # (R, D)
+        seen = self._coverage(rows.inputs, z)  # (R, 1)
+        owner = torch.tensor(rows.owner, device=device)
+        logits = self.model.decoder.fused_logits(hidden, z[owner], seen, torch.cat(rows.tokens).to(device),
+                                                 torch.cat(rows.previous).to(device))
+        target = torch.cat(rows.target).to(device)
         return F.cross_entropy(logits.float(), target), len(target)
 
     def _coverage(self, rows: list[tuple[Tensor, list[int]]], z_read: Tensor) -> Tensor:
@@ -388,3 +436,49 @@ class FusionTrainer:
         if finished:
             self.model.save_pretrained(self.out / "final")
         return TrainResult(self.step, finished, self.out, validation)
+
+
+def reply_contexts(ids: Tensor, start: int) -> tuple[list[int], Tensor, Tensor, Tensor]:
+    """The positions that predict a reply ids[start:] and the sequence channel's contexts there,
+    as `ask` decodes it: (positions, previous, ids, tokens), the context restarting at
+    (START, START) before the reply's first token."""
+    reply = torch.cat([torch.full((2,), START, dtype=ids.dtype), ids[start:]])
+    n = len(ids) - start
+    return list(range(start - 1, len(ids) - 1)), reply[:n], ids, reply[1 : n + 1]
+
+
+def _draw(shards: list[CachedShard], count: int, gen: torch.Generator) -> list[tuple[CachedShard, list[int]]]:
+    """`count` rows drawn with replacement, shards weighted by size, grouped by shard."""
+    if not count:
+        return []
+    lengths = torch.tensor([len(s) for s in shards], dtype=torch.float)
+    picks: dict[int, list[int]] = {}
+    for s in torch.multinomial(lengths, count, replacement=True, generator=gen).tolist():
+        picks.setdefault(s, []).append(int(torch.randint(len(shards[s]), (1,), generator=gen)))
+    return [(shards[s], rows) for s, rows in picks.items()]
+
+
+class _Rows:
+    """The scored positions of a batch, one entry per text: states, targets, the sequence
+    channel's contexts, and the index of the text's readout (`owner`, one per position)."""
+
+    def __init__(self) -> None:
+        self.hidden: list[Tensor] = []
+        self.target: list[Tensor] = []
+        self.tokens: list[Tensor] = []
+        self.previous: list[Tensor] = []
+        self.inputs: list[tuple[Tensor, list[int]]] = []
+        self.owner: list[int] = []
+
+    def add(self, shard: CachedShard, row: int, positions: list[int], previous: Tensor, ids: Tensor,
+            tokens: Tensor | None = None) -> None:
+        """Positions of one text; `previous` and `tokens` are its contexts, indexed by position
+        (`tokens` None: the ids themselves) or, for a reply, one per position in order."""
+        index = torch.tensor(positions)
+        reply = tokens is not None
+        self.hidden.append(shard.hidden[row][index])
+        self.target.append(ids[index + 1])
+        self.tokens.append(tokens if reply else ids[index])
+        self.previous.append(previous if reply else previous[index])
+        self.inputs.append((ids, positions))
+        self.owner += [len(self.inputs) - 1] * len(positions)
