@@ -107,5 +107,6 @@ def test_tiny_model_trains_on_statements_and_questions_with_the_sequence_channel
     for path, shard in zip(shards, loaded):
         for ids, start, fact in zip(shard.ids, shard.answer, torch.load(path, weights_only=False)["written"]):
             assert dec_tok.decode(ids[start:]) == fact + "<eos>"  # the reply states the fact and ends
-    curve = [r["loss"] for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "loss" in r]
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    curve = [r["loss"] for r in map(json.loads, log) if "loss" in r]
     assert sum(curve[-10:]) / 10 < 0.8 * sum(curve[:5]) / 5

@@ -40,11 +40,18 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from ..model.larimar import LarimarModel
-from ..model.sequence import START, previous_tokens
+from ..model.sequence import START, candidate_ids, previous_tokens
 from ..model.text import split_last_word
 from .data import swap_last_word
 from .questions import ChatExample, load_examples
-from .trainer import TrainResult, latest_checkpoint, load_corpus, lr_lambda, read_checkpoint, write_checkpoint
+from .trainer import (
+    TrainResult,
+    latest_checkpoint,
+    load_corpus,
+    lr_lambda,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +342,7 @@ class FusionTrainer:
         device = self.model.encoder.head.weight.device
         c = self.model.config.memory.code_size  # the whole latent, sequence channel included
         scale = self.model.config.readout_scale
-        rows = _Rows()
+        statements, questions = _Rows(), _Rows()
         z_w, z_q = [], []
         for shard, picked in _draw(self.shards, f.batch_sentences, gen):
             full = (torch.rand(len(picked), generator=gen) < f.full_query).tolist()
@@ -347,29 +354,60 @@ class FusionTrainer:
                 positions = list(range(start - 1, len(ids) - 1))  # predict the last word onwards
                 if start > 1 and f.extra_positions:
                     positions += torch.randint(0, start - 1, (f.extra_positions,), generator=gen).tolist()
-                rows.add(shard, r, positions, previous_tokens(ids[None])[0], ids)
+                statements.add(shard, r, positions, previous_tokens(ids[None])[0], ids, text=ids)
         zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
-        z_read = [scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)]  # (N, C)
+        z_read = scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)  # (N, C)
         code = self.model.config.conditioning.code_size
         if f.sequence_dropout and c > code:
-            drop = torch.rand(len(z_read[0]), generator=gen) < f.sequence_dropout
-            z_read[0] = torch.cat([z_read[0][:, :code], z_read[0][:, code:] * (~drop).to(z_read[0])[:, None]], 1)
+            drop = torch.rand(len(z_read), generator=gen) < f.sequence_dropout
+            z_read = torch.cat([z_read[:, :code], z_read[:, code:] * (~drop).to(z_read)[:, None]], 1)
+        groups = [(statements, z_read)]
+        z_chat = []
         for shard, picked in _draw(self.chat_shards, f.question_sentences, gen):
             written, _ = self._latents(shard, picked, [True] * len(picked))
-            z_read.append(scale * written)  # what recall by key gives back
+            z_chat.append(scale * written)  # what recall by key gives back
             for r in picked:
-                rows.add(shard, r, *reply_contexts(shard.ids[r], shard.answer[r]))
-        z = torch.cat(z_read)
-        hidden = torch.cat(rows.hidden).float().to(device)  # (R, D)
-        seen = self._coverage(rows.inputs, z)  # (R, 1)
-        owner = torch.tensor(rows.owner, device=device)
-        logits = self.model.decoder.fused_logits(hidden, z[owner], seen, torch.cat(rows.tokens).to(device),
-                                                 torch.cat(rows.previous).to(device))
-        target = torch.cat(rows.target).to(device)
-        return F.cross_entropy(logits.float(), target), len(target)
+                ids, start = shard.ids[r], shard.answer[r]
+                questions.add(shard, r, *reply_contexts(ids, start), text=ids[start:])
+        if z_chat:
+            groups.append((questions, torch.cat(z_chat)))
+        total, count = 0.0, 0
+        for rows, z in groups:
+            order = sorted(range(len(rows.inputs)), key=lambda i: len(rows.inputs[i][1]))
+            for start in range(0, len(order), 32):  # texts of similar length together: little padding
+                part = order[start : start + 32]
+                logits, target = self._fused(rows.subset(part), z[torch.tensor(part)].to(device))
+                total = total + F.cross_entropy(logits.flatten(0, -2).float(), target.flatten().to(device),
+                                                ignore_index=-100, reduction="sum")
+                count += int((target != -100).sum())
+        return total / count, count
+
+    def _fused(self, rows: _Rows, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Fused logits (N, P, V) at the texts' scored positions (padded to the longest) under
+        their readouts z (N, C), as decoding computes them (the sequence channel's scores over
+        each text's own tokens), and the targets (N, P), -100 on padding."""
+        decoder = self.model.decoder
+        device = z.device
+        n, width = len(rows.inputs), max(len(positions) for _, positions in rows.inputs)
+        hidden = torch.zeros(n, width, rows.hidden[0].shape[-1])
+        tokens = torch.full((n, width), START, dtype=torch.long)
+        previous, index = tokens.clone(), torch.zeros(n, width, dtype=torch.long)
+        target = torch.full((n, width), -100, dtype=torch.long)
+        for i, (ids, positions) in enumerate(rows.inputs):
+            k = len(positions)
+            hidden[i, :k], tokens[i, :k], previous[i, :k] = rows.hidden[i].float(), rows.tokens[i], rows.previous[i]
+            target[i, :k], index[i, :k] = rows.target[i], torch.tensor(positions)
+        seen = self._coverage(rows.inputs, z).gather(1, index[..., None].to(device))  # (N, P, 1)
+        candidates = None
+        if decoder.successors is not None:
+            code = self.model.config.conditioning.code_size
+            z = torch.cat([z[:, :code], z[:, code:].detach()], 1)  # the sketch is data, not a trained output
+            candidates = candidate_ids([sorted(set(t.tolist())) for t in rows.texts], device)
+        logits = decoder.fused_logits(hidden.to(device), z, seen, tokens.to(device), previous.to(device), candidates)
+        return logits, target
 
     def _coverage(self, rows: list[tuple[Tensor, list[int]]], z_read: Tensor) -> Tensor:
-        """Copy coverage (R, 1) at the scored positions of each sentence (see `copy_coverage`)."""
+        """Copy coverage (N, T, 1) at every position of each text (see `copy_coverage`)."""
         decoder = self.model.decoder
         device = z_read.device
         width = max(len(ids) for ids, _ in rows)
@@ -378,8 +416,7 @@ class FusionTrainer:
             padded[i, : len(ids)] = ids
             padded[i, len(ids) :] = ids[-1]  # repeats never lower a running maximum of what came before
         embeds = decoder.decoder.get_input_embeddings()(padded.to(device))  # (N, T, D)
-        seen = decoder.copy_coverage(embeds, z_read)  # (N, T, 1)
-        return torch.cat([seen[i, positions] for i, (_, positions) in enumerate(rows)])
+        return decoder.copy_coverage(embeds, z_read)  # (N, T, 1)
 
     # ------------------------------------------------------------------------- the loop
     def train(self, resume: bool = True) -> TrainResult:
@@ -460,7 +497,7 @@ def _draw(shards: list[CachedShard], count: int, gen: torch.Generator) -> list[t
 
 class _Rows:
     """The scored positions of a batch, one entry per text: states, targets, the sequence
-    channel's contexts, and the index of the text's readout (`owner`, one per position)."""
+    channel's contexts and the ids of the text its readout's sketch holds."""
 
     def __init__(self) -> None:
         self.hidden: list[Tensor] = []
@@ -468,10 +505,10 @@ class _Rows:
         self.tokens: list[Tensor] = []
         self.previous: list[Tensor] = []
         self.inputs: list[tuple[Tensor, list[int]]] = []
-        self.owner: list[int] = []
+        self.texts: list[Tensor] = []
 
     def add(self, shard: CachedShard, row: int, positions: list[int], previous: Tensor, ids: Tensor,
-            tokens: Tensor | None = None) -> None:
+            tokens: Tensor | None = None, *, text: Tensor) -> None:
         """Positions of one text; `previous` and `tokens` are its contexts, indexed by position
         (`tokens` None: the ids themselves) or, for a reply, one per position in order."""
         index = torch.tensor(positions)
@@ -481,4 +518,11 @@ class _Rows:
         self.tokens.append(tokens if reply else ids[index])
         self.previous.append(previous if reply else previous[index])
         self.inputs.append((ids, positions))
-        self.owner += [len(self.inputs) - 1] * len(positions)
+        self.texts.append(text)
+
+    def subset(self, index: list[int]) -> _Rows:
+        """The texts at `index`, in that order."""
+        out = _Rows()
+        for name in ("hidden", "target", "tokens", "previous", "inputs", "texts"):
+            setattr(out, name, [getattr(self, name)[i] for i in index])
+        return out
