@@ -9,7 +9,8 @@ from larimar.memory import EpisodicMemory, MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
 from larimar.train.config import FusionConfig, LoopConfig, OptimConfig, TrainConfig
 from larimar.train.data import DataConfig
-from larimar.train.fusion import FusionTrainer, answer_start, build_cache, fusion_examples, projection_readout
+from larimar.train.cache import answer_start, build_cache, fusion_examples
+from larimar.train.fusion import FusionTrainer, projection_readout
 from tests import tiny
 
 SENTENCES = tiny.SENTENCES

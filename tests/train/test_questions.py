@@ -11,7 +11,8 @@ from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
 from larimar.model.sequence import START
 from larimar.train.config import FusionConfig, LoopConfig, OptimConfig, TrainConfig
 from larimar.train.data import DataConfig
-from larimar.train.fusion import FusionTrainer, load_shard, reply_contexts
+from larimar.train.cache import load_shard
+from larimar.train.fusion import FusionTrainer, reply_contexts
 from larimar.train.questions import load_examples, question_pairs
 from larimar.train.scope import TEMPLATES
 from tests import tiny
