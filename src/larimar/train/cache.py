@@ -18,6 +18,9 @@ Cache layout (`<output_dir>/cache/shard-NNNNN.pt`, each a dict):
     chat       bool          (question shards, `build_chat_cache`) `query` holds questions,
                              `ids` a chat prompt then the reply, `answer` the reply's start
 
+Complete shards are reused by index, unchecked: delete a cache folder after changing what it
+is built from (the corpus, `data.*`, `fusion.questions` and `fusion.question_*`).
+
 Symbols: n sentences per shard, H encoder width, D decoder width, C code size, E episode size.
 """
 
