@@ -57,8 +57,8 @@ def test_examples_are_formatted_as_the_decoder_reads_a_question(tmp_path):
 
 def test_reply_contexts_restart_where_the_reply_starts():
     ids = torch.tensor([7, 8, 9, 20, 21, 2])
-    positions, previous, same, tokens = reply_contexts(ids, 3)
-    assert positions == [2, 3, 4] and same is ids
+    positions, previous, tokens = reply_contexts(ids, 3)
+    assert positions == [2, 3, 4]
     targets = ids[torch.tensor(positions) + 1].tolist()
     # the triples a written reply's sketch holds: (START, START) -> 20, (START, 20) -> 21, (20, 21) -> eos
     assert list(zip(previous.tolist(), tokens.tolist(), targets)) == [(START, START, 20), (START, 20, 21), (20, 21, 2)]

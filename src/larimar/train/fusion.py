@@ -189,7 +189,8 @@ class FusionTrainer:
                 positions = list(range(start - 1, len(ids) - 1))  # predict the last word onwards
                 if start > 1 and f.extra_positions:
                     positions += torch.randint(0, start - 1, (f.extra_positions,), generator=gen).tolist()
-                statements.add(shard, r, positions, previous_tokens(ids[None])[0], ids, text=ids)
+                index = torch.tensor(positions)
+                statements.add(shard, r, positions, previous_tokens(ids[None])[0][index], ids[index], text=ids)
         zw, zq = torch.cat(z_w).view(-1, e, c), torch.cat(z_q).view(-1, e, c)
         z_read = scale * projection_readout(zw, zq, self.model.config.memory.key_size).reshape(-1, c)  # (N, C)
         code = self.model.config.conditioning.code_size
@@ -310,13 +311,13 @@ class FusionTrainer:
         return TrainResult(self.step, finished, self.out, validation)
 
 
-def reply_contexts(ids: Tensor, start: int) -> tuple[list[int], Tensor, Tensor, Tensor]:
+def reply_contexts(ids: Tensor, start: int) -> tuple[list[int], Tensor, Tensor]:
     """The positions that predict a reply ids[start:] and the sequence channel's contexts there,
-    as `ask` decodes it: (positions, previous, ids, tokens), the context restarting at
-    (START, START) before the reply's first token."""
+    as `ask` decodes it: (positions, previous, tokens), the context restarting at (START, START)
+    before the reply's first token."""
     reply = torch.cat([torch.full((2,), START, dtype=ids.dtype), ids[start:]])
     n = len(ids) - start
-    return list(range(start - 1, len(ids) - 1)), reply[:n], ids, reply[1 : n + 1]
+    return list(range(start - 1, len(ids) - 1)), reply[:n], reply[1 : n + 1]
 
 
 def _draw(shards: list[CachedShard], count: int, gen: torch.Generator) -> list[tuple[CachedShard, list[int]]]:
@@ -342,16 +343,15 @@ class _Rows:
         self.inputs: list[tuple[Tensor, list[int]]] = []
         self.texts: list[Tensor] = []
 
-    def add(self, shard: CachedShard, row: int, positions: list[int], previous: Tensor, ids: Tensor,
-            tokens: Tensor | None = None, *, text: Tensor) -> None:
-        """Positions of one text; `previous` and `tokens` are its contexts, indexed by position
-        (`tokens` None: the ids themselves) or, for a reply, one per position in order."""
-        index = torch.tensor(positions)
-        reply = tokens is not None
+    def add(self, shard: CachedShard, row: int, positions: list[int], previous: Tensor, tokens: Tensor, *,
+            text: Tensor) -> None:
+        """The scored `positions` of the shard's text `row`, with the sequence channel's context
+        (`previous`, `tokens`) at each, and the ids its readout's sketch holds (`text`)."""
+        ids, index = shard.ids[row], torch.tensor(positions)
         self.hidden.append(shard.hidden[row][index])
         self.target.append(ids[index + 1])
-        self.tokens.append(tokens if reply else ids[index])
-        self.previous.append(previous if reply else previous[index])
+        self.tokens.append(tokens)
+        self.previous.append(previous)
         self.inputs.append((ids, positions))
         self.texts.append(text)
 
