@@ -12,6 +12,9 @@ answer them from its own knowledge and a forgotten fact's answer must disappear.
 `--set repeats` writes benchmarks/questions/repeats.json instead: facts whose answers repeat
 tokens (years such as 1999, phone numbers and door codes with repeated digit pairs, amounts
 with runs of zeros, dates such as 11 November 2011), the hard case for the sequence channel.
+`--set forms` writes benchmarks/questions/forms.json: facts written in the other forms people
+use, a question and its answer, a labelled note, a first-person note, a definition of an invented
+word, a clause before the subject, an appointment with a time.
 """
 
 from __future__ import annotations
@@ -236,15 +239,66 @@ def _repeats(rng: random.Random) -> list[dict[str, str]]:
     return out
 
 
+def _forms(rng: random.Random) -> list[dict[str, str]]:
+    """Facts that are not plain statements: the reply must still hold the answer."""
+    person, out, add = _start(rng)
+    places = ["gym", "library", "beach house", "studio", "cabin", "warehouse", "lab", "workshop"]
+    for event, city in zip(EVENTS, rng.sample(CITIES, len(EVENTS))):
+        add("qa", f"Q: Where is the {event} this year? A: {city}.", f"Where will the {event} be held this year?",
+            f"In which city is this year's {event}?", city)
+    for company in COMPANIES[:6]:
+        p = next(person)
+        add("qa", f"Question: Who is our contact at {company}? Answer: {p}.", f"Who should we talk to at {company}?",
+            f"Who is the {company} contact person?", p)
+    for place in places:
+        word = rng.choice(["tangerine", "falcon", "marble", "cobalt", "quartz", "harbor", "velvet", "pepper"])
+        pw = f"{word.capitalize()}-{rng.randint(100, 999)}"
+        add("labelled", f"Wi-Fi password for the {place}: {pw}", f"What's the Wi-Fi password at the {place}?",
+            f"How do I get on the internet at the {place}?", pw)
+    for place in places[:6]:
+        code = str(rng.randint(10, 99)) + "-" + str(rng.randint(10, 99))
+        add("labelled", f"Locker combination ({place}): {code}", f"What is the locker combination at the {place}?",
+            f"How do I open my locker at the {place}?", code)
+    for item in ["umbrella", "charger", "reading glasses", "blue scarf", "tent", "drill", "guitar", "passport"]:
+        p = next(person)
+        add("first person", f"I left my {item} at {p}'s place.", f"Where did I leave my {item}?",
+            f"Who has my {item} at the moment?", p.split()[0])
+    for relative, city in zip(["sister", "brother", "cousin", "aunt", "uncle", "niece"], rng.sample(CITIES, 6)):
+        add("first person", f"My {relative} moved to {city} last spring.", f"Where does my {relative} live now?",
+            f"Which city did my {relative} move to?", city)
+    words = [("glimber", "a small flat boat used for fishing on lakes", "boat"),
+             ("trondle", "a wooden tool for pressing grapes", "grapes"),
+             ("vessick", "a soup made from roasted chestnuts", "chestnuts"),
+             ("palloon", "a festival held at the first snowfall", "snowfall"),
+             ("quendra", "a lizard that changes colour when it sings", "lizard"),
+             ("sarnet", "a card game played with three decks", "card game"),
+             ("morrowick", "a candle that burns for exactly one week", "candle"),
+             ("feltrop", "a dance performed on stilts", "stilts")]
+    for word, meaning, answer in words:
+        add("definition", f"A {word} is {meaning}.", f"What is a {word}?", f"Can you explain what a {word} is?", answer)
+    for city in rng.sample(CITIES, 6):
+        p, year = next(person), rng.randint(2005, 2023)
+        add("clause first", f"Since {year}, the {city} office has been run by {p}.", f"Who runs the {city} office?",
+            f"Who is in charge of our office in {city}?", p)
+    for team, room in zip(TEAMS[:6], ["4B", "C12", "the Cedar room", "201", "the Loft", "B7"]):
+        add("clause first", f"Every Thursday, the {team} team meets in room {room}.", f"Where does the {team} team meet?",
+            f"Which room is the {team} team's weekly meeting in?", room.removeprefix("the "))
+    for visit in ["dentist", "optician", "physiotherapist", "vet", "dermatologist", "hairdresser"]:
+        p, date = next(person), f"{rng.choice(MONTHS)} {rng.randint(2, 28)}"
+        add("appointment", f"{p}'s {visit} appointment is on {date} at {rng.randint(8, 17)}:{rng.choice(['00', '15', '30', '45'])}.",
+            f"When is {p}'s {visit} appointment?", f"What day does {p} see the {visit}?", date)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["questions", "repeats"], default="questions")
+    parser.add_argument("--set", choices=["questions", "repeats", "forms"], default="questions")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/questions/<set>.json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out = args.out or Path(__file__).with_name(f"{args.set}.json")
     rng = random.Random(args.seed)
-    facts = _facts(rng) if args.set == "questions" else _repeats(rng)
+    facts = {"questions": _facts, "repeats": _repeats, "forms": _forms}[args.set](rng)
     rng.shuffle(facts)
     data = {"facts": facts, "unrelated": UNRELATED}
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -171,17 +171,29 @@ def test_wrong_files(lm: larimar.Larimar, tmp_path: Path) -> None:
         lm.load_memory(tmp_path / "state.safetensors")
 
 
-def test_memory_of_another_model_is_refused(lm: larimar.Larimar, model_dir: Path, tmp_path: Path) -> None:
+def test_memory_of_another_model_migrates_on_load(lm: larimar.Larimar, model_dir: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A file of another model (an earlier built-in model) loads with its facts written again."""
     other = larimar.load(model_dir)
     with torch.no_grad():
-        other.model.encoder.head.weight.add_(1.0)
+        other.model.encoder.head.weight.add_(torch.randn_like(other.model.encoder.head.weight))
     memory = other.new_memory()
-    memory.write(FACTS[:1])
+    ids = memory.write(FACTS[:2], paraphrases=[["A paraphrase of the first fact."], []])
+    memory.forget(memory.write(FACTS[2:3])[0])
     memory.save(tmp_path / "m.safetensors")
-    with pytest.raises(ValueError, match="written with a different model"):
-        lm.load_memory(tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="belongs to another model"):
         lm.ask(FACTS[0], memory)
+    with caplog.at_level("WARNING"):
+        loaded = lm.load_memory(tmp_path / "m.safetensors")
+    assert "written with another model" in caplog.text
+    assert [(f.id, f.text, f.created, f.paraphrases) for f in loaded.facts()] == \
+        [(f.id, f.text, f.created, f.paraphrases) for f in memory.facts()]
+    fresh = lm.new_memory()
+    fresh.write(FACTS[:2], paraphrases=[["A paraphrase of the first fact."], []])
+    torch.testing.assert_close(loaded.items.latents, fresh.items.latents, rtol=1e-5, atol=1e-6)
+    assert lm.ask(FACTS[0], loaded).fact_id == ids[0]
+    with pytest.raises(ValueError, match="must be new and distinct"):
+        loaded.write_facts(memory.facts()[:1])
 
 
 def test_items_extend_appends_in_place_and_keeps_earlier_views() -> None:

@@ -7,6 +7,7 @@ databases from before the log load; two services on one database see each other'
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -191,6 +192,42 @@ def test_two_services_on_one_database_see_each_others_changes(make_app: AppFacto
     assert_same_memory(in_a, in_b, lm, rtol=1e-9, atol=1e-12)
     assert b.delete(memory.url(f"/facts/{first}"), headers=memory.headers).status_code == 200
     assert first not in {f.id for f in service(a)._memory(memory.id).facts()}
+
+
+def test_a_database_of_another_model_migrates(make_app: AppFactory, model_dir: Path, lm: larimar.Larimar,
+                                             tmp_path: Path) -> None:
+    """After an upgrade of the model, a memory's snapshot and its log tail are encoded again from
+    their facts: entries that name the old model, and entries from before entries named one."""
+    from larimar.serve import ServeConfig, create_app
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    from larimar.serve.replay import _metadata
+
+    old = larimar.load(model_dir)
+    with torch.no_grad():
+        old.model.encoder.head.weight.add_(torch.randn_like(old.model.encoder.head.weight))
+    db = tmp_path / "memories.db"
+    before = TestClient(create_app(ServeConfig(db=db, snapshot_every=3), old))
+    memory = MemoryHandle(before)
+    for fact in FACTS[:5]:
+        memory.write(fact)
+    service(before).flush()
+    with sqlite3.connect(db) as con:  # the tail's first entry as written before entries named their model
+        seq, data = con.execute("SELECT seq, data FROM log WHERE op = 'write' ORDER BY seq LIMIT 1").fetchone()
+        meta = json.loads(_metadata(data)["entry"])
+        del meta["model"]
+        con.execute("UPDATE log SET data = ? WHERE seq = ?",
+                    (save_tensors(load_tensors(data), metadata={"entry": json.dumps(meta)}), seq))
+        assert con.execute("SELECT COUNT(*) FROM log WHERE op = 'write'").fetchone()[0] == 2  # 4 and 5
+    after = TestClient(make_app(db=db))
+    migrated = service(after)._memory(memory.id)
+    fresh = lm.new_memory()
+    fresh.write(FACTS[:5])
+    assert [f.text for f in migrated.facts()] == FACTS[:5]
+    torch.testing.assert_close(migrated.items.latents, fresh.items.latents, rtol=1e-5, atol=1e-6)  # float32 encoder, other batches
+    answer = after.post(memory.url("/ask"), json={"prompt": FACTS[4], "max_new_tokens": 4}, headers=memory.headers)
+    assert answer.json()["fact_id"] == migrated.facts()[4].id
 
 
 def test_snapshot_every_must_be_positive(make_app: AppFactory) -> None:

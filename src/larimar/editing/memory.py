@@ -286,21 +286,29 @@ class Memory:
 
     @classmethod
     def load(cls, model: LarimarModel, path: str | Path) -> Memory:
-        """A memory saved with `save` by this model (older files are migrated: their facts are
-        written again from their texts, keeping ids and dates).
+        """A memory saved with `save` (files of an older format or another model are migrated:
+        their facts are written again from their texts, keeping ids, dates and paraphrases).
 
         Raises:
             FileNotFoundError: no file at `path`.
-            ValueError: not a larimar memory file, or written by a different model.
+            ValueError: not a larimar memory file, or written by a newer larimar.
         """
         state, items, facts, episode_items = read_memory(model, Path(path))
         if state is None or items is None:
             memory = cls(model)
-            if facts:
-                memory._append([f.text for f in facts], [list(f.paraphrases) for f in facts], [f.id for f in facts],
-                               [f.created for f in facts])
+            memory.write_facts(facts)
             return memory
         return cls(model, state, items, facts, episode_items)
+
+    def write_facts(self, facts: Sequence[Fact]) -> None:
+        """Encode and write facts as they are (ids, dates, paraphrases kept), e.g. from another
+        memory's fact log: how files of another model migrate. Ids already here are refused."""
+        taken = [f.id for f in facts if f.id in self._facts]
+        if taken or len({f.id for f in facts}) < len(facts):
+            raise ValueError(f"fact ids must be new and distinct; already used: {sorted(set(taken))[:5]}")
+        if facts:
+            self._append([f.text for f in facts], [list(f.paraphrases) for f in facts], [f.id for f in facts],
+                         [f.created for f in facts])
 
     # ----------------------------------------------------------------------------- internals
     def _empty_state(self) -> MemoryState:

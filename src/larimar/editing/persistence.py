@@ -6,14 +6,17 @@ Tensors: the `MemoryState` ones of the E episodes (memory (E, K, C), gram_pinv a
 item_episodes (N,) int64. The JSON metadata holds the fact log and a fingerprint of the model
 that wrote the file.
 
-Files of version 1 (one episode, and sequence sketches without the reply-start context) are
-migrated on load: their facts are written again from their texts, keeping ids and dates.
+Files of version 1 (one episode, and sequence sketches without the reply-start context), and
+files written by another model (another fingerprint, e.g. the built-in model of an earlier
+release), are migrated on load: their facts are written again from their texts, keeping ids,
+dates and paraphrases.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from datetime import datetime
@@ -26,6 +29,8 @@ from safetensors.torch import save_file
 from ..memory.state import FORMAT, FORMAT_VERSION, MemoryState, load_state_file
 from ..model.larimar import LarimarModel
 from .items import Fact, Items
+
+logger = logging.getLogger(__name__)
 
 KIND = "larimar.facts"
 KIND_VERSION = 2
@@ -84,24 +89,24 @@ def _check_kind(path: Path, log: dict[str, Any]) -> dict[str, Any]:
 
 def read_memory(model: LarimarModel, path: Path) -> tuple[MemoryState | None, Items | None, list[Fact], int | None]:
     """The state, items, facts and episode size of a file written by `save_memory` for this
-    model; state and items are None for a file of version 1, whose facts must be written again.
+    model; state and items are None for a file of version 1 or of another model, whose facts
+    must be written again.
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: not a larimar memory file, or written by a different model.
+        ValueError: not a larimar memory file, or written by a newer larimar.
     """
     device = model.encoder.head.weight.device
     tensors, log = load_state_file(path, device)
     _check_kind(path, log)
-    if log.get("model") != model_fingerprint(model):
-        raise ValueError(
-            f"{path} was written with a different model (fingerprint {log.get('model')}, this model "
-            f"{model_fingerprint(model)}); load it with the model that wrote it, or write the facts again"
-        )
     facts = [_fact(r) for r in log["facts"]]
     version = int(log.get("kind_version", 1))
     if version > KIND_VERSION:
         raise ValueError(f"{path} was written by a newer larimar (fact log version {version}); upgrade larimar")
+    if log.get("model") != model_fingerprint(model):
+        logger.warning("%s was written with another model (fingerprint %s, this model %s): its %d facts are "
+                       "written again from their texts", path, log.get("model"), model_fingerprint(model), len(facts))
+        return None, None, facts, None
     if version < 2:
         return None, None, facts, None
     state = MemoryState(tensors["memory"], tensors["gram_pinv"], tensors["free"])

@@ -153,7 +153,7 @@ def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: in
     pairs = (hashed_signs(context, dim, _PREVIOUS_SALT)[:, None] * hashed_signs(context, dim, _KEY_SALT)[None])
     pairs = pairs.reshape(-1, dim).to(sketch.device)  # ((M+1)^2, D)
     codes = sequence_codes(ids, dim).to(sketch.device)  # (M, D)
-    target = sketch.float()
+    target = sketch.detach().float()  # triples are chosen, not learned: no gradient
     chosen = torch.zeros(pairs.shape[0] * len(ids), dtype=torch.bool, device=sketch.device)
     support = torch.empty(0, dtype=torch.long, device=sketch.device)
     residual = target

@@ -26,7 +26,7 @@ from ..editing import Answer, Fact, Larimar, Memory
 from . import auth
 from .config import Limits, control_characters
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay
+from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay, foreign_snapshot
 from .batching import AskRequest, ask_engine, larimar_ask_many
 from .storage import FactRow, MemoryRow, Store
 
@@ -366,7 +366,7 @@ class MemoryService:
             assert cached is not None
             base = cached
         try:
-            memory = replay(base.memory, loaded.entries)
+            memory = replay(base.memory, loaded.entries, foreign_snapshot(self.lm, loaded.snapshot))
         except (KeyError, ValueError) as err:
             raise Conflict(f"memory {memory_id}: its log cannot be replayed ({err}); nothing was changed, "
                            "export it with the server version that wrote it") from err
