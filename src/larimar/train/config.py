@@ -126,6 +126,10 @@ class FusionConfig:
     """CounterFact cases turned into question episodes (one question each)."""
     question_templated: int = 2000
     """Templated personal and office facts turned into question episodes."""
+    question_qa: int = 0
+    """Further CounterFact cases written as a question and its answer ("Q: ... A: ...")."""
+    question_corpus: int = 0
+    """Sentences of the training corpus (data.corpus) that define their subject, each asked about it."""
     question_casual: float = 0.3
     """Share of questions typed casually (lower case, no question mark)."""
     question_sentences: int = 0
@@ -138,8 +142,10 @@ class FusionConfig:
         self.frozen = tuple(self.frozen)
         if not 0.0 <= self.sequence_dropout <= 1.0 or not 0.0 <= self.question_casual <= 1.0:
             raise ValueError("fusion: need 0 <= sequence_dropout <= 1 and 0 <= question_casual <= 1")
-        if self.question_sentences < 0 or self.question_cases < 0 or self.question_templated < 0:
-            raise ValueError("fusion: question_sentences, question_cases and question_templated must be >= 0")
+        if min(self.question_sentences, self.question_cases, self.question_templated, self.question_qa,
+               self.question_corpus) < 0:
+            raise ValueError("fusion: question_sentences, question_cases, question_templated, question_qa and "
+                             "question_corpus must be >= 0")
         if self.question_sentences and self.questions is None:
             raise ValueError("fusion.question_sentences needs fusion.questions (the CounterFact train file)")
         if not self.episode_sizes or any(e < 1 or self.batch_sentences % e for e in self.episode_sizes):

@@ -420,8 +420,13 @@ def write_jsonl(path: Path, items: Iterable[tuple[str, str]]) -> None:
 
 def load_sentences(path: str | Path) -> list[str]:
     """The "text" fields of a corpus JSONL file."""
+    return [text for text, _ in load_records(path)]
+
+
+def load_records(path: str | Path) -> list[tuple[str, str]]:
+    """(text, source) of each line of a corpus JSONL file."""
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]
+        return [(r["text"], r.get("source", "")) for r in map(json.loads, filter(str.strip, handle))]
 
 
 def build_corpus(config: CorpusConfig) -> CorpusStats:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..model.larimar import LarimarModel
 from ..model.sequence import START, candidate_ids, previous_tokens
 from .cache import CachedShard, build_cache, build_chat_cache, load_shard
+from .corpus import TRAIN_FILE
 from .questions import load_examples
 from .trainer import (
     TrainResult,
@@ -142,7 +143,9 @@ class FusionTrainer:
                              "use more training sentences or a smaller batch")
         if f.question_sentences:
             examples = load_examples(f.questions, self.model.tokenizer, f.question_cases, f.question_templated,
-                                     f.question_casual, self.config.seed)
+                                     f.question_casual, self.config.seed, qa=f.question_qa,
+                                     corpus=Path(self.config.data.corpus) / TRAIN_FILE,
+                                     corpus_count=f.question_corpus)
             paths = build_chat_cache(self.model, examples, self.cache_dir / "questions", f.shard_size,
                                      f.question_max_tokens, f.cache_batch)
             self.chat_shards = [load_shard(p, self.model) for p in paths]

@@ -115,9 +115,42 @@ TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
     ("The {thing} in the {dept} office costs {number} euros.", ("How much did the {thing} in the {dept} office cost?",
                                                                 "What is the price of the {dept} office's {thing}?")),
     ("The {meeting} takes place in room {room}.", ("Where is the {meeting}?", "Which room is the {meeting} in?")),
+    ("{name} was born on {date}.", ("When was {name} born?", "What is {name}'s date of birth?")),
+    ("{name}'s contract ends on {date}.", ("When does {name}'s contract end?", "What is the end date of {name}'s contract?")),
+    ("The Wi-Fi in the {dept} office uses the passphrase {password}.",
+     ("What is the Wi-Fi passphrase in the {dept} office?", "How do I log in to the {dept} office wireless network?")),
+    ("The {dept} team's shared account has the password {password}.",
+     ("What is the password of the {dept} team's shared account?", "Which password opens the {dept} shared account?")),
+    ("{name}'s badge number is {code}.", ("What is {name}'s badge number?", "Which badge number does {name} have?")),
 ]
 """Personal and office facts, with two questions each, to sit next to CounterFact's encyclopedic
 ones (their wording and names differ from the project's question benchmark)."""
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+WORDS = ("falcon", "maple", "cobalt", "lantern", "quartz", "juniper", "harbor", "velvet", "orbit", "tundra")
+
+
+def _date(rng: random.Random) -> str:
+    """A date in one of the ways people write one: "4 March 2019", "March 4, 2019", "March 4"."""
+    day, month, year = rng.randint(1, 28), rng.choice(MONTHS), rng.randint(1950, 2030)
+    return rng.choice((f"{day} {month} {year}", f"{month} {day}, {year}", f"{month} {day}"))
+
+
+def _password(rng: random.Random) -> str:
+    """A password: a word with digits and a symbol in some order ("Maple-4471", "orbit!09")."""
+    word = rng.choice(WORDS)
+    word = word.capitalize() if rng.random() < 0.5 else word
+    return rng.choice((f"{word}-{rng.randint(10, 9999)}", f"{word}{rng.choice('!#$')}{rng.randint(0, 99):02d}",
+                       f"{rng.randint(1, 99)}{word}{rng.choice('!#$')}"))
+
+
+def _code(rng: random.Random) -> str:
+    """A number of 3 to 6 digits, a third of them with a repeated digit pair ("4433", "72772")."""
+    if rng.random() < 1 / 3:
+        a, b = rng.sample("0123456789", 2)
+        return rng.choice((a + a + b + b, a + b + a + b, b + a + a + b + b))
+    return str(rng.randint(100, 999999))
 
 
 def templated_pairs(rng: random.Random, count: int, first_case: int) -> list[tuple[str, str, int, int]]:
@@ -129,7 +162,7 @@ def templated_pairs(rng: random.Random, count: int, first_case: int) -> list[tup
     def draw(t: int) -> dict[str, str]:
         slots = {k: rng.choice(v) for k, v in VALUES.items()}
         slots.update(name=f"{rng.choice(FIRST)} {rng.choice(LAST)}", other=f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                     number=str(rng.randrange(2, 90)))
+                     number=str(rng.randrange(2, 90)), date=_date(rng), password=_password(rng), code=_code(rng))
         return slots
 
     pairs: list[tuple[str, str, int, int]] = []
