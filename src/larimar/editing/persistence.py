@@ -37,11 +37,20 @@ KIND_VERSION = 2
 
 
 def model_fingerprint(model: LarimarModel) -> str:
-    """Short hash of what gives latents and keys their meaning: the encoder head and the prior."""
+    """Short hash of what gives latents and keys their meaning: the encoder head and the prior.
+
+    Kept on the model until either tensor is replaced or changed in place (every service write
+    and replayed log entry asks for it)."""
+    tensors = (model.encoder.head.weight, model.memory.prior)
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = model.__dict__.get("_fingerprint")
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     digest = hashlib.sha256()
-    for t in (model.encoder.head.weight, model.memory.prior):
+    for t in tensors:
         digest.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    model.__dict__["_fingerprint"] = (stamp, digest.hexdigest()[:16])
+    return model.__dict__["_fingerprint"][1]
 
 
 def _fact_record(fact: Fact) -> dict[str, Any]:

@@ -9,10 +9,12 @@ Facts come from
 * templated personal and office facts (`larimar.train.scope.TEMPLATES`: names, numbers, dates,
   passwords, places);
 * training-corpus sentences that define their subject (WordNet glosses, Wikipedia "X is a ...").
-A share of questions is typed casually. No evaluation set is read. The cached states are those of `build_cache` with the chat prompt in front of the
-reply (`ChatExample`), so a training step scores the reply's tokens after the prompt, as `ask`
-decodes them: the readout is the fact's own latent (what `Memory.recall` gives back by key) and
-the sequence channel's context restarts at the reply's start.
+
+A share of questions is typed casually. No evaluation set is read. The cached states are those
+of `build_cache` with the chat prompt in front of the reply (`ChatExample`), so a training step
+scores the reply's tokens after the prompt, as `ask` decodes them: the readout is the fact's own
+latent (what `Memory.recall` gives back by key) and the sequence channel's context restarts at
+the reply's start.
 """
 
 from __future__ import annotations
@@ -71,12 +73,10 @@ def _definition_question(text: str, source: str, rng: random.Random) -> tuple[st
         verb = text[3:].split(" is to ", 1)[0]
         return "verb", rng.choice(("What does it mean to {}?", "What does '{}' mean?")).format(verb)
     if source in ("wordnet_adj", "wordnet_adv") and " means " in text:
-        word = text.split(" means ", 1)[0]
-        word = word[0].lower() + word[1:] if word[1:].islower() else word
+        word = _as_common(text.split(" means ", 1)[0])
         return "adjective", rng.choice(("What does {} mean?", "What is the meaning of '{}'?")).format(word)
     if source == "wordnet_noun" and " is " in text:
-        noun = text.split(" is ", 1)[0]
-        noun = noun[0].lower() + noun[1:] if noun[1:].islower() else noun
+        noun = _as_common(text.split(" is ", 1)[0])
         forms = ("What is {}?", "What does '{}' mean?", "What is meant by {}?", "Define {}.")
         return "noun", (rng.choice(forms).format(noun) if len(noun.split()) <= 4 else None)
     if source in ("wordnet_entity", "wikipedia"):
@@ -88,6 +88,11 @@ def _definition_question(text: str, source: str, rng: random.Random) -> tuple[st
         forms = (f"What {verb} {subject}?", f"Tell me about {subject}.", f"What do you know about {subject}?")
         return source, rng.choice(forms)
     return source, None
+
+
+def _as_common(word: str) -> str:
+    """A gloss's capitalised first word as it reads mid-sentence ("Able" -> "able", "DNA" kept)."""
+    return word[0].lower() + word[1:] if word[1:].islower() else word
 
 
 def question_pairs(records: list[dict[str, Any]], cases: int, templated: int, casual_share: float,
