@@ -15,7 +15,7 @@ from larimar.train.data import DataConfig
 from larimar.train.cache import load_shard
 from larimar.train.fusion import FusionTrainer, reply_contexts
 from larimar.train.questions import QA_SHAPES, corpus_pairs, load_examples, question_pairs
-from larimar.train.scope import TEMPLATES
+from larimar.train.scope import RECORD_TEMPLATES, TEMPLATES
 from tests import tiny
 
 CODE, SKETCH = 16, 512
@@ -39,7 +39,7 @@ def test_question_pairs_ask_about_the_written_fact():
     assert len(question_pairs(RECORDS, 2, 0, 0.0, seed=0)) == 2
     templated = question_pairs([], cases=0, templated=40, casual_share=1.0, seed=3)
     assert 20 <= len(templated) <= 40  # one question per distinct fact
-    forms = [form.split("{")[0] for form, _ in TEMPLATES]
+    forms = [form.split("{")[0] for form, _ in TEMPLATES + RECORD_TEMPLATES]
     for fact, question in templated:
         assert any(fact.startswith(f) for f in forms)
         assert question == question.lower() and not question.endswith("?")  # typed casually

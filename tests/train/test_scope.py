@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,15 @@ from larimar.train.config import ExportConfig
 from larimar.train.scope import (
     OTHER_QUESTIONS,
     QUESTIONS,
+    RECORD_TEMPLATES,
     SCOPE_FILE,
+    TEMPLATES,
     ScopeTrainConfig,
+    anchor_words,
     build_pairs,
     casual,
     fit_network,
+    nearest_negatives,
     relation,
     templated_pairs,
     train_scope,
@@ -93,6 +98,15 @@ def test_templated_pairs_ask_about_their_own_names() -> None:
             assert any(len(w) > 3 and w not in {"what", "which", "where"} for w in shared), (query, fact)
 
 
+def test_record_templates_are_drawn_only_where_asked_for() -> None:
+    plain = templated_pairs(random.Random(0), 60, 0, TEMPLATES)
+    mixed = templated_pairs(random.Random(0), 60, 0)
+    record_forms = [max(re.split(r"\{\w+\}", form), key=len) for form, _ in RECORD_TEMPLATES]  # "'s badge number is "
+    assert not any(f in fact for _, fact, *_ in plain for f in record_forms)
+    assert any(f in fact for _, fact, *_ in mixed for f in record_forms)
+    assert templated_pairs(random.Random(0), 60, 0, TEMPLATES) == plain  # seeded
+
+
 def test_the_network_fits_a_separable_rule() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(400, len(FEATURES), generator=gen, dtype=torch.float64)
@@ -108,13 +122,36 @@ def test_train_scope_writes_a_detector_that_export_puts_in_the_config(tmp_path: 
     model = LarimarModel.from_config(config)
     data = tmp_path / "cf.json"
     data.write_text(json.dumps(records(30)))
-    report = train_scope(ScopeTrainConfig(data=str(data), cases=30, templated=20, hidden=4), model.encoder,
+    report = train_scope(ScopeTrainConfig(data=str(data), cases=30, templated=20, hidden=4, hard_negatives=1),
+                         model.encoder,
                          model.tokenizer, tmp_path / "run", seed=0)
     written = json.loads((tmp_path / "run" / SCOPE_FILE).read_text())
     assert written == json.loads(json.dumps(report))
     assert 0.0 <= written["validation"]["accuracy"]["all"] <= 1.0 and written["pairs"]["validate"] > 0
     exported = ExportConfig().model_config(config, written["scope"])
     assert isinstance(exported.scope, ScopeConfig) and len(exported.scope.b1) == 4
+
+
+def test_nearest_negatives_skip_what_a_query_is_about(tmp_path: Path) -> None:
+    model = LarimarModel.from_config(shipped_config(tmp_path / "base"))
+    pairs = [("Where is Paris located?", "Paris is located in Rome.", 1, 0),
+             ("Where is Oslo located?", "Oslo is located in Lima.", 1, 1),
+             ("What does Oslo play?", "Oslo is located in Lima.", 0, 1),
+             ("Who owns Cairo?", "Cairo is owned by Quito.", 1, 2),
+             ("Where is Cairo located?", "Cairo is owned by Quito.", 1, 2)]
+    anchors = anchor_words(pairs, {0: "Paris", 1: "Oslo"})
+    assert anchors["Paris is located in Rome."] == {"paris"}
+    assert anchors["Cairo is owned by Quito."] == {"cairo", "quito"}  # no subject: capitalised words
+    mined = nearest_negatives(model.encoder, pairs, anchors, count=1)
+    assert len(mined) == len({q for q, *_ in pairs})
+    for query, fact, label, case in mined:
+        assert label == 0 and (query, fact, 1) not in {p[:3] for p in pairs}
+        assert not anchors[fact] & set(query.lower().replace("?", "").split())  # never a fact the query names
+        assert case == next(c for q, _, _, c in pairs if q == query)
+    assert nearest_negatives(model.encoder, pairs, anchors, count=0) == []
+    every = nearest_negatives(model.encoder, pairs, anchors, count=5)
+    assert len(every) == 10  # each query: the two facts it is neither about nor names
+    assert ("What does Oslo play?", "Oslo is located in Lima.", 0, 1) not in every
 
 
 def test_scope_stage_errors_are_explained(tmp_path: Path) -> None:
@@ -126,3 +163,5 @@ def test_scope_stage_errors_are_explained(tmp_path: Path) -> None:
         ScopeTrainConfig(hidden=0)
     with pytest.raises(ValueError, match="casual"):
         ScopeTrainConfig(casual=1.5)
+    with pytest.raises(ValueError, match="hard_negatives >= 0"):
+        ScopeTrainConfig(hard_negatives=-1)

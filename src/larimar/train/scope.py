@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..editing.encoding import encode_texts, query_views
+from ..editing.encoding import encode_texts, query_views, scope_similarities
 from ..model.scope import FEATURES, PairFeatures, ScopeConfig, probability, words
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,11 @@ TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
     ("The {thing} in the {dept} office costs {number} euros.", ("How much did the {thing} in the {dept} office cost?",
                                                                 "What is the price of the {dept} office's {thing}?")),
     ("The {meeting} takes place in room {room}.", ("Where is the {meeting}?", "Which room is the {meeting} in?")),
+]
+"""Personal and office facts, with two questions each, to sit next to CounterFact's encyclopedic
+ones (their wording and names differ from the project's question benchmark)."""
+
+RECORD_TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
     ("{name} was born on {date}.", ("When was {name} born?", "What is {name}'s date of birth?")),
     ("{name}'s contract ends on {date}.", ("When does {name}'s contract end?", "What is the end date of {name}'s contract?")),
     ("The Wi-Fi in the {dept} office uses the passphrase {password}.",
@@ -123,8 +128,8 @@ TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
      ("What is the password of the {dept} team's shared account?", "Which password opens the {dept} shared account?")),
     ("{name}'s badge number is {code}.", ("What is {name}'s badge number?", "Which badge number does {name} have?")),
 ]
-"""Personal and office facts, with two questions each, to sit next to CounterFact's encyclopedic
-ones (their wording and names differ from the project's question benchmark)."""
+"""Personal records with generated values (dates, passwords, badge numbers), written and asked in
+the question episodes; the scope stage adds them only with `ScopeTrainConfig.record_templates`."""
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -153,22 +158,30 @@ def _code(rng: random.Random) -> str:
     return str(rng.randint(100, 999999))
 
 
-def templated_pairs(rng: random.Random, count: int, first_case: int) -> list[tuple[str, str, int, int]]:
-    """Pairs of `count` templated facts: their questions (1); the same questions about another
-    name or department, and a random fact's question (0). Case indices start at `first_case`."""
+def templated_pairs(rng: random.Random, count: int, first_case: int,
+                    templates: list[tuple[str, tuple[str, ...]]] | None = None) -> list[tuple[str, str, int, int]]:
+    """Pairs of `count` facts of `templates` (default: `TEMPLATES` and `RECORD_TEMPLATES`): their
+    questions (1); the same questions about another name or department, and a random fact's
+    question (0). Case indices start at `first_case`. Dates, passwords and codes are drawn for
+    every fact when some template of the set uses them, so a set gives the same pairs as before."""
+    templates = TEMPLATES + RECORD_TEMPLATES if templates is None else templates
+    generated = any("{" + slot + "}" in str(templates) for slot in ("date", "password", "code"))
+
     def fill(template: str, slots: dict[str, str]) -> str:
         return template.format(**slots)
 
     def draw(t: int) -> dict[str, str]:
         slots = {k: rng.choice(v) for k, v in VALUES.items()}
         slots.update(name=f"{rng.choice(FIRST)} {rng.choice(LAST)}", other=f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                     number=str(rng.randrange(2, 90)), date=_date(rng), password=_password(rng), code=_code(rng))
+                     number=str(rng.randrange(2, 90)))
+        if generated:
+            slots.update(date=_date(rng), password=_password(rng), code=_code(rng))
         return slots
 
     pairs: list[tuple[str, str, int, int]] = []
     for k in range(count):
-        t = rng.randrange(len(TEMPLATES))
-        fact_form, questions = TEMPLATES[t]
+        t = rng.randrange(len(templates))
+        fact_form, questions = templates[t]
         slots = draw(t)
         fact = fill(fact_form, slots)
         case = first_case + k
@@ -176,9 +189,9 @@ def templated_pairs(rng: random.Random, count: int, first_case: int) -> list[tup
         other = draw(t)
         if fill(rng.choice(questions), other) != fill(questions[0], slots):
             pairs.append((fill(rng.choice(questions), other), fact, 0, case))
-        u = rng.randrange(len(TEMPLATES))
+        u = rng.randrange(len(templates))
         if u != t:
-            pairs.append((fill(rng.choice(TEMPLATES[u][1]), draw(u)), fact, 0, case))
+            pairs.append((fill(rng.choice(templates[u][1]), draw(u)), fact, 0, case))
     return pairs
 
 
@@ -192,6 +205,13 @@ class ScopeTrainConfig:
     """CounterFact cases used (the first ones of a seeded shuffle); a fifth of them validate."""
     templated: int = 1000
     """Templated personal and office facts added (`TEMPLATES`); a fifth of them validate."""
+    record_templates: bool = False
+    """Whether the templated facts include `RECORD_TEMPLATES`. Fitted with them, the detector let
+    more unrelated questions in at 10,000 facts (docs/results.md), so the shipped stage leaves
+    them to the question episodes."""
+    hard_negatives: int = 0
+    """For every query, this many of the facts nearest to it by cosine that it is not about are
+    added as negatives (`nearest_negatives`): what the detector meets in a memory of thousands."""
     candidates: int = 8
     """Items the fitted detector examines per query (`ScopeConfig.candidates`)."""
     baseline_cosine: float = 0.66
@@ -204,10 +224,10 @@ class ScopeTrainConfig:
     """Ridge penalty on the network's weights."""
 
     def __post_init__(self) -> None:
-        if (self.cases < 10 or self.templated < 0 or self.candidates < 1 or self.hidden < 1 or self.l2 < 0
-                or not 0 <= self.casual <= 1):
-            raise ValueError("scope: need cases >= 10, templated >= 0, candidates >= 1, hidden >= 1, l2 >= 0, "
-                             "0 <= casual <= 1")
+        if (self.cases < 10 or self.templated < 0 or self.hard_negatives < 0 or self.candidates < 1
+                or self.hidden < 1 or self.l2 < 0 or not 0 <= self.casual <= 1):
+            raise ValueError("scope: need cases >= 10, templated >= 0, hard_negatives >= 0, candidates >= 1, "
+                             "hidden >= 1, l2 >= 0, 0 <= casual <= 1")
 
 
 def relation(template: str) -> int | None:
@@ -257,6 +277,54 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
         if subjects[j] != subject:
             pairs.append((rng.choice(questions[j]).format(subjects[j]) if questions[j] else records[j]["prompt"], fact, 0, i))
     return pairs
+
+
+def nearest_negatives(encoder: Any, pairs: list[tuple[str, str, int, int]], anchors: dict[str, set[str]],
+                      count: int) -> list[tuple[str, str, int, int]]:
+    """For each query of the pairs, the `count` facts of the pairs nearest to it by scope cosine
+    that it is not about, as negatives (case index: the query's). A fact is left out for a query
+    when a pair labels them related, or when the query names one of the fact's `anchors` (its
+    subject's words): another relation of the same subject may be answered by it."""
+    if count < 1 or not pairs:
+        return []
+    facts = sorted({fact for _, fact, _, _ in pairs})
+    queries = sorted({q for q, _, _, _ in pairs})
+    related: dict[str, set[str]] = defaultdict(set)
+    case_of: dict[str, int] = {}
+    for q, fact, label, case in pairs:
+        case_of.setdefault(q, case)
+        if label:
+            related[q].add(fact)
+    keys = encode_texts(encoder, facts, scope_keys=True)[1]  # (T, 2, H)
+    embedded = encode_texts(encoder, queries)[1]  # (Q, H)
+    out = []
+    for start in range(0, len(queries), 512):
+        block = queries[start : start + 512]
+        cos = scope_similarities(keys, embedded[start : start + len(block)])  # (b, T)
+        order = cos.topk(min(len(facts), 4 * count + 8), dim=1).indices.tolist()
+        for q, ranked in zip(block, order):
+            named = set(words(q.lower()))
+            taken = 0
+            for t in ranked:
+                fact = facts[t]
+                if fact in related[q] or anchors.get(fact, set()) & named:
+                    continue
+                out.append((q, fact, 0, case_of[q]))
+                taken += 1
+                if taken == count:
+                    break
+    return out
+
+
+def anchor_words(pairs: list[tuple[str, str, int, int]], subjects: dict[int, str]) -> dict[str, set[str]]:
+    """The words of each fact's subject (`subjects` by case index), else its capitalised words."""
+    out: dict[str, set[str]] = {}
+    for _, fact, _, case in pairs:
+        if fact not in out:
+            subject = subjects.get(case)
+            out[fact] = (_subject_words(subject) if subject is not None
+                         else {w.lower() for w in words(fact) if w[:1].isupper() and len(w) >= 4})
+    return out
 
 
 def _subject_words(subject: str) -> set[str]:
@@ -340,7 +408,11 @@ def train_scope(config: ScopeTrainConfig, encoder: Any, tokenizer: Any, out_dir:
     records = json.loads(path.read_text())
     random.Random(seed).shuffle(records)
     records = records[: config.cases]
-    pairs = build_pairs(records, seed) + templated_pairs(random.Random(seed + 1), config.templated, len(records))
+    templates = TEMPLATES + RECORD_TEMPLATES if config.record_templates else TEMPLATES
+    pairs = build_pairs(records, seed) + templated_pairs(random.Random(seed + 1), config.templated, len(records),
+                                                         templates)
+    subjects = {i: r["subject"] for i, r in enumerate(records)}
+    pairs += nearest_negatives(encoder, pairs, anchor_words(pairs, subjects), config.hard_negatives)
     pairs = with_casual(pairs, config.casual, random.Random(seed + 2))
     x, owners = pair_features(encoder, PairFeatures(tokenizer), pairs)
     y = torch.tensor([pairs[k][2] for k in owners], dtype=torch.float64)
