@@ -143,15 +143,14 @@ def test_nearest_negatives_skip_what_a_query_is_about(tmp_path: Path) -> None:
     assert anchors["Paris is located in Rome."] == {"paris"}
     assert anchors["Cairo is owned by Quito."] == {"cairo", "quito"}  # no subject: capitalised words
     mined = nearest_negatives(model.encoder, pairs, anchors, count=1)
-    assert len(mined) == len({q for q, *_ in pairs})
-    for query, fact, label, case in mined:
-        assert label == 0 and (query, fact, 1) not in {p[:3] for p in pairs}
-        assert not anchors[fact] & set(query.lower().replace("?", "").split())  # never a fact the query names
-        assert case == next(c for q, _, _, c in pairs if q == query)
+    assert len(mined) == 1  # the one query no pair labels related to a fact
+    query, fact, label, case = mined[0]
+    assert (query, label, case) == ("What does Oslo play?", 0, 1)
+    assert fact in ("Paris is located in Rome.", "Cairo is owned by Quito.")  # not the fact it names
     assert nearest_negatives(model.encoder, pairs, anchors, count=0) == []
     every = nearest_negatives(model.encoder, pairs, anchors, count=5)
-    assert len(every) == 10  # each query: the two facts it is neither about nor names
-    assert ("What does Oslo play?", "Oslo is located in Lima.", 0, 1) not in every
+    assert sorted(f for _, f, _, _ in every) == ["Cairo is owned by Quito.", "Paris is located in Rome."]
+    assert nearest_negatives(model.encoder, pairs[:2], anchors, count=1) == []  # every query is about a fact
 
 
 def test_scope_stage_errors_are_explained(tmp_path: Path) -> None:

@@ -281,20 +281,21 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
 
 def nearest_negatives(encoder: Any, pairs: list[tuple[str, str, int, int]], anchors: dict[str, set[str]],
                       count: int) -> list[tuple[str, str, int, int]]:
-    """For each query of the pairs, the `count` facts of the pairs nearest to it by scope cosine
-    that it is not about, as negatives (case index: the query's). A fact is left out for a query
-    when a pair labels them related, or when the query names one of the fact's `anchors` (its
-    subject's words): another relation of the same subject may be answered by it."""
-    if count < 1 or not pairs:
+    """For each query that no pair labels related to a fact (a question about something else), the
+    `count` facts of the pairs nearest to it by scope cosine, as negatives (case index: the
+    query's): what such a question meets in a memory of thousands. A fact the query names one of
+    the `anchors` of (its subject's words) is left out: another relation of the same subject may
+    be answered by it."""
+    if count < 1:
         return []
     facts = sorted({fact for _, fact, _, _ in pairs})
-    queries = sorted({q for q, _, _, _ in pairs})
-    related: dict[str, set[str]] = defaultdict(set)
+    about = {q for q, _, label, _ in pairs if label}
+    queries = sorted({q for q, _, _, _ in pairs} - about)
+    if not queries:
+        return []
     case_of: dict[str, int] = {}
-    for q, fact, label, case in pairs:
+    for q, _, _, case in pairs:
         case_of.setdefault(q, case)
-        if label:
-            related[q].add(fact)
     keys = encode_texts(encoder, facts, scope_keys=True)[1]  # (T, 2, H)
     embedded = encode_texts(encoder, queries)[1]  # (Q, H)
     out = []
@@ -307,7 +308,7 @@ def nearest_negatives(encoder: Any, pairs: list[tuple[str, str, int, int]], anch
             taken = 0
             for t in ranked:
                 fact = facts[t]
-                if fact in related[q] or anchors.get(fact, set()) & named:
+                if anchors.get(fact, set()) & named:
                     continue
                 out.append((q, fact, 0, case_of[q]))
                 taken += 1
