@@ -15,6 +15,7 @@ from larimar.model.scope import FEATURES, ScopeConfig, words
 from larimar.train.config import ExportConfig
 from larimar.train.scope import (
     OTHER_QUESTIONS,
+    NOTE_TEMPLATES,
     QUESTIONS,
     RECORD_TEMPLATES,
     SCOPE_FILE,
@@ -105,6 +106,11 @@ def test_record_templates_are_drawn_only_where_asked_for() -> None:
     assert not any(f in fact for _, fact, *_ in plain for f in record_forms)
     assert any(f in fact for _, fact, *_ in mixed for f in record_forms)
     assert templated_pairs(random.Random(0), 60, 0, TEMPLATES) == plain  # seeded
+    noted = templated_pairs(random.Random(0), 60, 0, TEMPLATES + NOTE_TEMPLATES)
+    note_forms = [max(re.split(r"\{\w+\}", form), key=len) for form, _ in NOTE_TEMPLATES]
+    assert not any(f in fact for _, fact, *_ in plain + mixed for f in note_forms)
+    notes = [(q, fact) for q, fact, label, _ in noted if label and any(f in fact for f in note_forms)]
+    assert notes and all("{" not in q + fact for q, fact in notes)
 
 
 def test_the_network_fits_a_separable_rule() -> None:

@@ -131,6 +131,29 @@ RECORD_TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
 """Personal records with generated values (dates, passwords, badge numbers), written and asked in
 the question episodes; the scope stage adds them only with `ScopeTrainConfig.record_templates`."""
 
+NOTE_VALUES = {
+    "item": ("ladder", "camera", "projector", "bicycle pump", "sewing machine", "telescope"),
+    "relative": ("sister", "cousin", "aunt", "nephew", "grandfather", "stepson"),
+    "company": ("Siemens", "Maersk", "Nokia", "Heineken", "Ericsson", "Lufthansa"),
+    "place": ("garage", "attic", "blue cabinet", "top drawer", "car boot", "shed"),
+    "site": ("warehouse", "summer house", "studio", "depot", "workshop", "clinic"),
+    "trade": ("plumber", "electrician", "locksmith", "roofer", "piano tuner"),
+}
+NOTE_TEMPLATES: list[tuple[str, tuple[str, ...]]] = [
+    ("I lent my {item} to {name}.", ("Who did I lend my {item} to?", "Who borrowed my {item}?")),
+    ("My {relative} works at {company} now.", ("Where does my {relative} work?", "Which company employs my {relative}?")),
+    ("Note to self: the {item} is in the {place}.", ("Where did I put the {item}?", "Where is the {item} kept?")),
+    ("Gate code ({site}): {code}", ("What is the gate code for the {site}?", "Which code opens the gate at the {site}?")),
+    ("Alarm code for the {site} - {code}", ("What is the alarm code at the {site}?",
+                                            "How do I switch off the alarm at the {site}?")),
+    ("{name} ({trade}): call on weekdays after 8.", ("Who is our {trade}?", "Which {trade} do we use?")),
+    ("My {relative}'s birthday: {date}", ("When is my {relative}'s birthday?", "What date is my {relative}'s birthday?")),
+    ("We keep the spare keys of the {site} in the {place}.", ("Where are the spare keys of the {site}?",
+                                                              "Where do we keep the {site} keys?")),
+]
+"""Notes as people jot them, first person or labelled, asked in other words: the scope stage fits
+on them (`ScopeTrainConfig.note_templates`); the question episodes do not use them."""
+
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 WORDS = ("falcon", "maple", "cobalt", "lantern", "quartz", "juniper", "harbor", "velvet", "orbit", "tundra")
@@ -166,6 +189,7 @@ def templated_pairs(rng: random.Random, count: int, first_case: int,
     every fact when some template of the set uses them, so a set gives the same pairs as before."""
     templates = TEMPLATES + RECORD_TEMPLATES if templates is None else templates
     generated = any("{" + slot + "}" in str(templates) for slot in ("date", "password", "code"))
+    noted = any("{" + slot + "}" in str(templates) for slot in NOTE_VALUES)
 
     def fill(template: str, slots: dict[str, str]) -> str:
         return template.format(**slots)
@@ -176,6 +200,8 @@ def templated_pairs(rng: random.Random, count: int, first_case: int,
                      number=str(rng.randrange(2, 90)))
         if generated:
             slots.update(date=_date(rng), password=_password(rng), code=_code(rng))
+        if noted:
+            slots.update({k: rng.choice(v) for k, v in NOTE_VALUES.items()})
         return slots
 
     pairs: list[tuple[str, str, int, int]] = []
@@ -209,6 +235,8 @@ class ScopeTrainConfig:
     """Whether the templated facts include `RECORD_TEMPLATES`. Fitted with them, the detector let
     more unrelated questions in at 10,000 facts (docs/results.md), so the shipped stage leaves
     them to the question episodes."""
+    note_templates: bool = True
+    """Whether the templated facts include `NOTE_TEMPLATES` (first-person and labelled notes)."""
     hard_negatives: int = 0
     """For every query, this many of the facts nearest to it by cosine that it is not about are
     added as negatives (`nearest_negatives`): what the detector meets in a memory of thousands."""
@@ -409,7 +437,8 @@ def train_scope(config: ScopeTrainConfig, encoder: Any, tokenizer: Any, out_dir:
     records = json.loads(path.read_text())
     random.Random(seed).shuffle(records)
     records = records[: config.cases]
-    templates = TEMPLATES + RECORD_TEMPLATES if config.record_templates else TEMPLATES
+    templates = (TEMPLATES + (RECORD_TEMPLATES if config.record_templates else [])
+                 + (NOTE_TEMPLATES if config.note_templates else []))
     pairs = build_pairs(records, seed) + templated_pairs(random.Random(seed + 1), config.templated, len(records),
                                                          templates)
     subjects = {i: r["subject"] for i, r in enumerate(records)}
