@@ -15,6 +15,9 @@ with runs of zeros, dates such as 11 November 2011), the hard case for the seque
 `--set forms` writes benchmarks/questions/forms.json: facts written in the other forms people
 use, a question and its answer, a labelled note, a first-person note, a definition of an invented
 word, a clause before the subject, an appointment with a time.
+`--set notes` writes benchmarks/questions/notes.json: short notes written by hand (first person,
+labelled, two things in one line) in words unlike the scope stage's note templates and the forms
+set, each asked the plain way and a way that needs the note read, not matched.
 """
 
 from __future__ import annotations
@@ -290,15 +293,52 @@ def _forms(rng: random.Random) -> list[dict[str, str]]:
     return out
 
 
+NOTES = [
+    ("I gave my old laptop to my niece Clara.", "Who has my old laptop now?", "Where did my old laptop go?", "Clara"),
+    ("The spare tyre is under the floor of the boot.", "Where is the spare tyre?", "Where can I find the spare wheel?",
+     "floor of the boot"),
+    ("Door code for the gym: 4721", "What's the door code at the gym?", "How do I get into the gym?", "4721"),
+    ("My dentist is Dr. Haruki Sato in Lyon.", "Who is my dentist?", "Which dentist do I go to?", "Sato"),
+    ("Mum's flight lands at 6:40 on Friday.", "When does Mum's flight land?", "What time does Mum arrive?", "6:40"),
+    ("Our landlord, Petra Novak, wants the rent by the 3rd.", "Who is our landlord?", "Who do we pay the rent to?",
+     "Novak"),
+    ("I parked on level 4 of the Central garage.", "Where did I park?", "Which level is the car on?", "level 4"),
+    ("Printer toner: order from Kopex, account 88-1205", "Where do we order toner?",
+     "Which company do we buy toner from?", "Kopex"),
+    ("Bins go out on Tuesday night.", "When do the bins go out?", "Which night is rubbish collection?", "Tuesday"),
+    ("The vet said Biscuit needs his booster in March.", "When does Biscuit need his booster?",
+     "When is the dog's next vaccination due?", "March"),
+    ("Tax return: accountant is Ruth Mwangi, deadline 31 January.", "Who is my accountant?",
+     "Who does my tax return?", "Ruth Mwangi"),
+    ("I promised to bring the dessert to Aiko's dinner.", "What am I bringing to Aiko's dinner?",
+     "What did I say I'd bring for Aiko?", "dessert"),
+    ("Boiler service booked with Thermaco for 12 May.", "When is the boiler service?",
+     "What date is the boiler being serviced?", "12 May"),
+    ("Kids' swimming lessons: Saturdays 9:30 at Eastside Pool.", "What time are the kids' swimming lessons?",
+     "When do the kids swim on Saturdays?", "9:30"),
+    ("Neighbour at number 12 (Marco) has our spare key.", "Who has our spare key?",
+     "Which neighbour can let me in?", "Marco"),
+    ("Library books due back on the 19th.", "When are the library books due?",
+     "By what date do I return the books?", "19th"),
+]
+"""(note, question, question needing the note read, answer): written by hand after the scope
+stage's note templates, in other words and situations, and kept out of every training set."""
+
+
+def _notes(rng: random.Random) -> list[dict[str, str]]:
+    """The hand-written `NOTES` (rng unused: the set is fixed)."""
+    return [{"kind": "note", "fact": f, "question": q, "rephrased": r, "answer": a} for f, q, r, a in NOTES]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["questions", "repeats", "forms"], default="questions")
+    parser.add_argument("--set", choices=["questions", "repeats", "forms", "notes"], default="questions")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/questions/<set>.json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out = args.out or Path(__file__).with_name(f"{args.set}.json")
     rng = random.Random(args.seed)
-    facts = {"questions": _facts, "repeats": _repeats, "forms": _forms}[args.set](rng)
+    facts = {"questions": _facts, "repeats": _repeats, "forms": _forms, "notes": _notes}[args.set](rng)
     rng.shuffle(facts)
     data = {"facts": facts, "unrelated": UNRELATED}
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
