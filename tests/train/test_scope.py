@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ from larimar.train.scope import (
 )
 from tests.editing.tiny_shipped import shipped_config
 
+ROOT = Path(__file__).resolve().parents[2]
 PLACES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Quito"]
 
 
@@ -79,6 +83,19 @@ def test_subjects_sharing_a_word_give_negative_pairs() -> None:
     pairs = build_pairs(recs, seed=0)
     assert ("Where is Grand Hotel located?", "Grand Canyon is located in Paris.", 0, 0) in pairs or \
         ("Where can Grand Hotel be found?", "Grand Canyon is located in Paris.", 0, 0) in pairs
+
+
+def test_pairs_do_not_depend_on_the_hash_seed() -> None:
+    code = ("import json; from tests.train.test_scope import records; from larimar.train.scope import build_pairs\n"
+            "recs = records(24)\n"
+            "for i, r in enumerate(recs):\n"  # each subject shares one word with some, another with others
+            "    name = ['Grand', 'Royal', 'Silver', 'North'][i % 4] + ' ' + ['Hotel', 'Canyon', 'Bridge'][i % 3]\n"
+            "    r['prompt'] = r['prompt'].replace(r['subject'], name); r['subject'] = name + f' {i}'\n"
+            "    r['prompt'] = r['prompt'].replace(name, r['subject'])\n"
+            "print(json.dumps(build_pairs(recs, seed=0)))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(outputs) == 1  # subjects' word sets are walked in sorted order
 
 
 def test_casual_copies_keep_labels_and_lower_the_case() -> None:

@@ -293,7 +293,7 @@ def build_pairs(records: list[dict[str, Any]], seed: int) -> list[tuple[str, str
             other = rng.choice([j for j in rng.sample(by_relation[rel], 2) if j != i])
             pairs.append((rng.choice(questions[i]).format(subjects[other]), fact, 0, i))
         pairs.append((rng.choice(OTHER_QUESTIONS).format(subject), fact, 0, i))
-        namesakes = [j for w in _subject_words(subject) for j in by_word[w] if subjects[j] != subject]
+        namesakes = [j for w in sorted(_subject_words(subject)) for j in by_word[w] if subjects[j] != subject]
         if namesakes:  # another subject sharing a word of this one ("Fast Five", "Fast Times")
             j = rng.choice(namesakes)
             pairs.append((rng.choice(questions[i]).format(subjects[j]) if questions[i] else records[j]["prompt"],
