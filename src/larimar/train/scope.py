@@ -238,8 +238,8 @@ class ScopeTrainConfig:
     note_templates: bool = True
     """Whether the templated facts include `NOTE_TEMPLATES` (first-person and labelled notes)."""
     hard_negatives: int = 0
-    """For every query, this many of the facts nearest to it by cosine that it is not about are
-    added as negatives (`nearest_negatives`): what the detector meets in a memory of thousands."""
+    """For every query about no fact, this many of the facts nearest to it by cosine are added as
+    negatives (`nearest_negatives`): what such a question meets in a memory of thousands."""
     candidates: int = 8
     """Items the fitted detector examines per query (`ScopeConfig.candidates`)."""
     baseline_cosine: float = 0.66
@@ -441,8 +441,9 @@ def train_scope(config: ScopeTrainConfig, encoder: Any, tokenizer: Any, out_dir:
                  + (NOTE_TEMPLATES if config.note_templates else []))
     pairs = build_pairs(records, seed) + templated_pairs(random.Random(seed + 1), config.templated, len(records),
                                                          templates)
-    subjects = {i: r["subject"] for i, r in enumerate(records)}
-    pairs += nearest_negatives(encoder, pairs, anchor_words(pairs, subjects), config.hard_negatives)
+    if config.hard_negatives:
+        subjects = {i: r["subject"] for i, r in enumerate(records)}
+        pairs += nearest_negatives(encoder, pairs, anchor_words(pairs, subjects), config.hard_negatives)
     pairs = with_casual(pairs, config.casual, random.Random(seed + 2))
     x, owners = pair_features(encoder, PairFeatures(tokenizer), pairs)
     y = torch.tensor([pairs[k][2] for k in owners], dtype=torch.float64)
