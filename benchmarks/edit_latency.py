@@ -7,7 +7,9 @@ For each memory size N (facts already written; past the first, filler items writ
 `Memory.write_encoded`, see `fill`): per edit, writing one fact (encode + the RLS
 update of the newest episode) and forgetting it, against one encoder forward pass of the fact;
 per query, the scope decision, scoring one candidate and greedy generation in scope, against
-the plain decoder (z=None) on the same prompt. Scoring and generation are also timed given the
+the plain decoder (z=None: transformers' own forward) on the same prompt, and for scoring also
+against the plain decoder with the conditioned path's head product (`vocab_product`), like for
+like. Scoring and generation are also timed given the
 readout (the conditioned decoder alone); the plain decoder generates as many steps as the
 generation in scope took (a reply from memory ends where the written fact ends). Ratios are taken within one
 run: query time at the largest N against the smallest. Times are medians over repeats after a warm-up call;
@@ -32,7 +34,8 @@ from transformers.utils import logging as hf_logging
 
 import larimar
 from larimar.editing.items import Fact, Items
-from larimar.model.text import continuation_nll, generate
+from larimar.model.late_fusion import vocab_product
+from larimar.model.text import continuation_nll, encode_pairs, generate
 
 QUERY_FACT = "The mother tongue of Danielle Darrieux is English."
 EDIT_FACT = "The Colosseum is located in Berlin."
@@ -132,6 +135,7 @@ def query_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int, n
         "scope_decision": timed(lambda: lm.scope(IN_SCOPE, memory), repeats),
         "score_plain_decoder": timed(lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE]), repeats),
         "score_in_scope": timed(lambda: lm.score(IN_SCOPE, [CANDIDATE], memory), repeats),
+        "score_plain_few_row_head": timed(lambda: plain_score_few_row_head(decoder, tok, IN_SCOPE, CANDIDATE), repeats),
         "score_in_scope_given_readout": timed(
             lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE], z=z, candidates=recalled), repeats),
         "generate_plain_decoder": timed(lambda: generate(decoder, tok, [IN_SCOPE], max_new_tokens=steps), repeats),
@@ -142,10 +146,25 @@ def query_latencies(lm: larimar.Larimar, memory: larimar.Memory, repeats: int, n
         "score_in_scope_over_plain_paired": paired_ratio(
             lambda: seconds(lambda: lm.score(IN_SCOPE, [CANDIDATE], memory)),
             lambda: seconds(lambda: continuation_nll(decoder, tok, [IN_SCOPE], [CANDIDATE])), repeats),
+        "score_in_scope_over_plain_few_row_head_paired": paired_ratio(
+            lambda: seconds(lambda: lm.score(IN_SCOPE, [CANDIDATE], memory)),
+            lambda: seconds(lambda: plain_score_few_row_head(decoder, tok, IN_SCOPE, CANDIDATE)), repeats),
         "generate_in_scope_over_plain_paired": paired_ratio(
             lambda: seconds(lambda: lm.generate(IN_SCOPE, memory, max_new_tokens=new_tokens)),
             lambda: seconds(lambda: generate(decoder, tok, [IN_SCOPE], max_new_tokens=steps)), repeats),
     }
+
+
+def plain_score_few_row_head(decoder: Any, tokenizer: Any, prompt: str, continuation: str) -> float:
+    """The plain decoder's score of a continuation with the head product the conditioned path
+    uses (`vocab_product`) instead of transformers' own: the like-for-like baseline."""
+    (ids, start), = encode_pairs(tokenizer, [prompt], [continuation])
+    body, head = decoder._body_and_head()
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        hidden = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state[0, start - 1 : -1]
+        logp = torch.log_softmax(vocab_product(hidden, head.weight), -1)
+    return -logp.gather(-1, input_ids[0, start:, None]).mean().item()
 
 
 def generated_tokens(tokenizer: Any, text: str, budget: int) -> int:
@@ -184,8 +203,8 @@ def main() -> None:
 
     print("\n| facts | write ms | x encoder pass | paired | forget ms | scope ms | score in scope x plain | paired "
           "| the same given the readout | generate in scope x plain, same steps | paired | the same given the readout "
-          "| ask ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ask ms | score in scope x plain with the same head product, paired |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in rows.items():
         e, q = r["edit"], r["query"]
         r["ratios"] = {"write_over_encoder": e["write"] / e["encoder_forward"],
@@ -199,7 +218,8 @@ def main() -> None:
               f"{e['forget']:.1f} | {q['scope_decision']:.1f} | {x['score_in_scope_over_plain']:.2f} | "
               f"{q['score_in_scope_over_plain_paired']:.2f} | {x['score_given_readout_over_plain']:.2f} | "
               f"{x['generate_in_scope_over_plain']:.2f} | {q['generate_in_scope_over_plain_paired']:.2f} | "
-              f"{x['generate_given_readout_over_plain']:.2f} | {q['ask_in_scope']:.0f} |")
+              f"{x['generate_given_readout_over_plain']:.2f} | {q['ask_in_scope']:.0f} | "
+              f"{q['score_in_scope_over_plain_few_row_head_paired']:.2f} |")
     small, large = rows[sizes[0]]["query"], rows[sizes[-1]]["query"]
     ratios = {k: large[k] / small[k] for k in ("scope_decision", "score_in_scope", "generate_in_scope", "ask_in_scope")}
     print(f"\nquery time at {sizes[-1]} facts / at {sizes[0]}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))

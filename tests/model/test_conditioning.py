@@ -176,6 +176,23 @@ def test_copy_term_scores_tokens_by_cosine() -> None:
     assert float(after[target]) < 1e-3
 
 
+@pytest.mark.parametrize("positions", [1, 3, 40])
+def test_one_product_gives_the_head_logits_and_the_pointer(positions: int) -> None:
+    config = ConditioningConfig(code_size=CODE, **MODES["output"])
+    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config).double()
+    gen = torch.Generator().manual_seed(positions)
+    hidden, z = torch.randn(2, positions, 32, generator=gen, dtype=torch.float64), torch.randn(2, CODE, generator=gen,
+                                                                                              dtype=torch.float64)
+    features, logits, pointer = model.fuse(hidden, z)
+    mixed = hidden + model.fusion_out(features)
+    weight = model.decoder.get_output_embeddings().weight
+    torch.testing.assert_close(logits, F.linear(mixed, weight))
+    torch.testing.assert_close(pointer, model.pointer(z, torch.float64))
+    given = model.fuse(hidden, z, pointer=torch.zeros(2, VOCAB, dtype=torch.float64))
+    torch.testing.assert_close(given[1], logits)
+    assert not given[2].any()  # a given pointer is passed through, not recomputed
+
+
 def test_relative_coverage_does_not_depend_on_how_clean_the_readout_is() -> None:
     config = ConditioningConfig(code_size=CODE, **MODES["output"], copy_seen_relative=True, copy_seen_threshold=0.9)
     model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config)

@@ -439,16 +439,16 @@ class MemoryConditionedDecoder(LateFusion, nn.Module):
                 position_ids=inputs.positions,
                 cache=inputs.cache,
                 use_cache=True,
-            ).last_hidden_state  # (B, T', H)
-            pointer = self.pointer(z, hidden.dtype)  # (B, V), shared by the coverage scale and every position
-            scale = self.copy_scale(z, inputs.embeds.dtype, pointer) if self.config.copy_seen_relative else None
+            ).last_hidden_state[:, -keep if keep else 0 :]  # (B, keep or T', H)
+            fused = self.fuse(hidden, z)  # its pointer (B, V) serves the coverage scale and every position
+            scale = self.copy_scale(z, inputs.embeds.dtype, fused[2]) if self.config.copy_seen_relative else None
             seen = self.copy_coverage(inputs.embeds, z, inputs.seen, scale=scale)
             tokens, previous = inputs.tokens, inputs.previous
             if keep:
-                hidden, seen = hidden[:, -keep:], seen[:, -keep:]
+                seen = seen[:, -keep:]
                 tokens = None if tokens is None else tokens[:, -keep:]
                 previous = None if previous is None else previous[:, -keep:]
-            return self.fused_logits(hidden, z, seen, tokens, previous, candidates, pointer, recall)
+            return self.fused_logits(hidden, z, seen, tokens, previous, candidates, recall=recall, fused=fused)
         return self.decoder(
             inputs_embeds=inputs.embeds,
             attention_mask=self._attention_mask(inputs),

@@ -53,6 +53,7 @@ class _Lane:
     seen: Tensor | None  # (B, 1) copy coverage so far (mode "output" with z)
     scale: Tensor | None  # (B,) copy_scale of each row's z
     pointer: Tensor | None  # (B, V) each row's copy term before its gate (`pointer`)
+    coverage: tuple[Tensor, Tensor] | None = None  # new rows' (ids, mask) until their first call sets seen
     rows: list[Row] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
     candidates: Tensor | None = None  # (B, M), rebuilt when the rows change
@@ -202,10 +203,7 @@ class DecodeLoop:
                      previous=(inputs.previous if inputs.previous is not None else ids)[:, -1:],
                      rows=list(rows), out=[[] for _ in rows])
         if z is not None and dec.config.mode == "output":
-            lane.pointer = dec.pointer(z, inputs.embeds.dtype)
-            lane.scale = dec.copy_scale(z, inputs.embeds.dtype, lane.pointer) if dec.config.copy_seen_relative else None
-            embeds = dec._embed(full_ids, z)
-            lane.seen = dec.copy_coverage(embeds, z, mask=full_mask, scale=lane.scale)[:, -1]  # (B, 1)
+            lane.coverage = (full_ids, full_mask)  # the pointer, and the coverage scaled by it, come with the logits
         return lane, inputs
 
     def _next_logits(self, lane: _Lane) -> Tensor:
@@ -231,8 +229,15 @@ class DecodeLoop:
                 if lane.candidates is None and lane.rows[0].candidates is not None:
                     lane.candidates = candidate_ids([r.candidates for r in lane.rows], self.device)
                     lane.recall = dec.recall(torch.stack([r.z for r in lane.rows]), lane.candidates)
+                fused = dec.fuse(hidden, z, lane.pointer)  # computes the pointer on the rows' first call
+                if lane.coverage is not None:
+                    ids, mask = lane.coverage
+                    lane.pointer, lane.coverage = fused[2], None
+                    dtype = inputs.embeds.dtype
+                    lane.scale = dec.copy_scale(z, dtype, lane.pointer) if dec.config.copy_seen_relative else None
+                    lane.seen = dec.copy_coverage(dec._embed(ids, z), z, mask=mask, scale=lane.scale)[:, -1]  # (B, 1)
                 return dec.fused_logits(hidden, z, lane.seen[:, None], inputs.tokens[:, -1:], inputs.previous[:, -1:],
-                                        lane.candidates, lane.pointer, lane.recall)[:, -1]
+                                        lane.candidates, recall=lane.recall, fused=fused)[:, -1]
             return dec.decoder(inputs_embeds=inputs.embeds, attention_mask=inputs.mask, position_ids=inputs.positions,
                                cache=inputs.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 

@@ -75,6 +75,29 @@ class LateFusion:
         direction = self.memory_map(self._code(z.to(dtype)))  # (..., H)
         return (direction @ head.weight.T) / self._head_norms(head.weight).clamp_min(1e-6)
 
+    def fuse(self, hidden: Tensor, z: Tensor, pointer: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The fusion MLP's features (..., F), the head's logits of the fused state (..., V) and
+        `pointer(z)` (B, V), for final hidden states (..., H) and readouts z (B, C). Without a
+        given pointer, it comes out of the same product with the head's weight as the logits:
+        one pass over the vocabulary table instead of two (most of a short query's extra cost)."""
+        _, head = self._body_and_head()
+        z = z.to(hidden.dtype)
+        code = self._code(z)
+        if hidden.ndim == z.ndim + 1:
+            code = code.unsqueeze(-2).expand(*hidden.shape[:-1], code.shape[-1])  # (B, T, C)
+        features = F.gelu(self.fusion_in(torch.cat([hidden, code], -1)))  # (..., F)
+        mixed = hidden + self.fusion_out(features)
+        flat = mixed.reshape(-1, mixed.shape[-1])  # (N, H)
+        if pointer is None:
+            flat = torch.cat([flat, self.memory_map(self._code(z)).to(flat.dtype)])  # (N + B, H)
+        both = vocab_product(flat, head.weight)  # (N [+ B], V)
+        logits = both[: mixed[..., 0].numel()].reshape(*mixed.shape[:-1], -1)
+        if head.bias is not None:
+            logits = logits + head.bias
+        if pointer is None:
+            pointer = both[mixed[..., 0].numel() :] / self._head_norms(head.weight).clamp_min(1e-6)
+        return features, logits, pointer
+
     def said(self, z: Tensor, previous: Tensor, tokens: Tensor, chosen: Tensor) -> Tensor:
         """z (B, C) after generation chose `chosen` (B,) at the contexts (`previous`, `tokens`)
         (B,): with a sequence channel, the sketch loses the triple just said (`consume`);
@@ -123,7 +146,7 @@ class LateFusion:
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
                      tokens: Tensor | None = None, previous: Tensor | None = None,
                      candidates: Tensor | None = None, pointer: Tensor | None = None,
-                     recall: Recall | None = None) -> Tensor:
+                     recall: Recall | None = None, fused: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -147,26 +170,22 @@ class LateFusion:
         candidates (B, M) limit the successor scores to the recalled text's tokens. pointer,
         `pointer(z)` when already known (B, V) for z (B, C), else computed here (once per row of z).
         recall, `recall(z, candidates)` of the rows' readouts before any token was said (decoding).
+        fused, `fuse(hidden, z)` when already computed.
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
-        _, head = self._body_and_head()
         z = z.to(hidden.dtype)
-        if pointer is None:
-            pointer = self.pointer(z, hidden.dtype)  # once per row of z, not per position
+        features, logits, pointer = self.fuse(hidden, z, pointer) if fused is None else fused  # pointer once per row
         if recall is None and tokens is not None and z.ndim == 2:
             recall = self.recall(z, candidates)  # once for both the scores and the forks
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
             pointer = pointer.unsqueeze(-2)  # (B, 1, V)
-        z, sketch = self._code(z), z[..., self.config.code_size :]
-        features = F.gelu(self.fusion_in(torch.cat([hidden, z], -1)))  # (..., F)
-        mixed = hidden + self.fusion_out(features)
+        sketch = z[..., self.config.code_size :]
         gate = self.copy_gate(features)  # (..., 1)
         if seen is not None:
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
         copied = (2 * torch.sigmoid(gate)) * pointer  # (..., V)
-        logits = F.linear(mixed, head.weight, head.bias)  # (..., V)
         cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
             if previous is None:
@@ -187,6 +206,22 @@ class LateFusion:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+FEW_ROWS = 8
+"""Up to this many rows, `vocab_product` multiplies the table by the rows' transpose."""
+
+
+def vocab_product(rows: Tensor, weight: Tensor) -> Tensor:
+    """rows (N, H) times the vocabulary table weight (V, H), transposed: (N, V).
+
+    For a few rows (a query's last positions, a small decoding batch) it is computed as
+    weight @ rows.T: CPU BLAS kernels for a row-major product of 2-8 rows pass over the whole
+    table once per row, 2-4x the time of one pass (`benchmarks/edit_latency.py`).
+    """
+    if rows.shape[0] <= FEW_ROWS:
+        return (weight @ rows.T).T
+    return F.linear(rows, weight)
 
 
 def _lead(logits: Tensor, scores: Tensor, confidence: float, margin: float) -> Tensor:

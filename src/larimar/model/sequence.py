@@ -259,7 +259,7 @@ class SuccessorScorer:
         weights = flat @ recall.pinv.to(work).transpose(1, 2)  # (B, P, S)
         residual = flat - weights @ recall.atoms.to(work)
         keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim).to(work)
-        codes = self.table(sketch.device)[candidates].to(work)  # (B, M, D)
+        codes = hashed_signs(candidates, self.dim, _CODE_SALT).to(work)  # (B, M, D): the table's rows, not the table
         picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
         out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
