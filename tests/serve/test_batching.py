@@ -7,9 +7,11 @@ import time
 from collections.abc import Sequence
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 import larimar
+from larimar.serve import threads
 from larimar.serve.batching import Batcher, larimar_ask_many
 from larimar.serve.batching import AskRequest
 from tests.serve.conftest import AppFactory, MemoryHandle
@@ -124,3 +126,28 @@ def test_ask_loop_answers_late_and_short_asks_like_ask_and_isolates_a_bad_one(lm
             want = lm.ask(r.prompt, r.memory, max_new_tokens=r.max_new_tokens, scope_threshold=r.scope_threshold)
             assert (got[i].text, got[i].in_scope, got[i].fact_id) == (want.text, want.in_scope, want.fact_id)  # type: ignore[union-attr]
     assert loop.loop.active == 0
+
+
+def test_only_the_ask_loop_runs_torch_on_several_cores(make_app: AppFactory, lm: larimar.Larimar,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request threads write and score on one core; the ask loop decodes on `threads.CORES`."""
+    monkeypatch.setattr(threads, "CORES", 3)  # not the machine's count, so that the loop must set it
+    seen: dict[str, int] = {}
+
+    def recording(name: str, real):
+        def call(*args, **kwargs):
+            seen[name] = torch.get_num_threads()
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(lm, "reply_rows", recording("ask loop", lm.reply_rows))
+    monkeypatch.setattr(lm, "score", recording("score", lm.score))
+    monkeypatch.setattr(larimar.Memory, "write", recording("write", larimar.Memory.write))
+    client = TestClient(make_app())
+    memory = MemoryHandle(client)
+    memory.write(FACTS[0])
+    ask = {"prompt": PROMPTS[0], "max_new_tokens": 2}
+    assert client.post(memory.url("/ask"), json=ask, headers=memory.headers).status_code == 200
+    score = {"prompt": PROMPTS[0], "candidates": ["France"]}
+    assert client.post(memory.url("/score"), json=score, headers=memory.headers).status_code == 200
+    assert seen == {"write": 1, "ask loop": 3, "score": 1}

@@ -29,6 +29,7 @@ from .schemas import (
     ScoresOut, WriteIn, WrittenOut,
 )
 from .service import MemoryService
+from .threads import one_core
 from .postgres import open_store
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ Key = Annotated[str | None, Depends(api_key)]
 def create_app(config: ServeConfig, lm: Larimar | None = None) -> FastAPI:
     """The memory service app; loads the model once unless `lm` is given (tests share one)."""
     store = open_store(config.db)  # first: a bad --db fails before the model loads
-    lm = load(config.model) if lm is None else lm
+    if lm is None:
+        one_core()  # the loading thread: only the ask loop's runs torch on several cores (`threads`)
+        lm = load(config.model)
     service = MemoryService(lm, store, config.limits, config.admin_key, snapshot_every=config.snapshot_every,
                             ask_batch=config.ask_batch, ask_wait_ms=config.ask_wait_ms,
                             snapshot_seconds=config.snapshot_seconds)

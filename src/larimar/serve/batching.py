@@ -25,6 +25,7 @@ import torch
 from ..editing import Answer, Larimar, Memory
 from ..editing.larimar import ScopeDecision
 from ..model.decoding import supports
+from .threads import all_cores
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Batcher(Generic[In, Out]):
         self._worker.join(timeout=30)
 
     def _loop(self) -> None:
+        all_cores()
         while True:
             first = self._queue.get()
             if first is None:
@@ -207,6 +209,7 @@ class AskLoop:
         return [(request, future) for request, future, _ in admitted]
 
     def _run(self) -> None:
+        all_cores()  # the one thread of the server whose torch ops use every core (`threads`)
         while not (self._stop and not self._pending and not self._waiting):
             self._admit(self._arrivals())
             if not self.loop.active:

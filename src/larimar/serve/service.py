@@ -2,14 +2,14 @@
 
 One `Larimar` model per process. Memories live in the `Store` as a snapshot plus a log of the
 changes after it (see `storage` and `replay`) and, once used, in a cache that knows the log entry
-it ends at. A change works on a copy of the cached memory, appends its log entry (the exact
-update: encoded items, or the fact forgotten) and its audit rows in one transaction, and only then
-replaces the cached memory: readers always see a consistent, committed memory and never wait for
-writers. Changes to one memory are serialised by its lock in this process and by the database
-across processes. Before each use the cache is checked against the memory's head in the
-database, so a replica sharing the database replays what others wrote. Once a memory has
-`snapshot_every` log entries after its snapshot, or its oldest one is `snapshot_seconds` old, a
-background thread stores a new snapshot and drops the log before it.
+it ends at. A change works on a copy of the cached memory, appends its log entry (the exact update:
+encoded items, or the fact forgotten) and its audit rows in one transaction, and only then replaces
+the cached memory: readers always see a consistent, committed memory and never wait for writers.
+Changes to one memory are serialised by its lock here and by the database across processes. Before
+each use the cache is checked against the memory's head in the database, so a replica sharing the
+database replays what others wrote. Once a memory has `snapshot_every` log entries after its
+snapshot, or its oldest is `snapshot_seconds` old, a background thread stores a new snapshot and
+drops the log before it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .replay import apply_write, copy, encode_write, memory_bytes, memory_from_bytes, replay, foreign_snapshot
 from .batching import AskRequest, ask_engine, larimar_ask_many
 from .storage import FactRow, MemoryRow, Store
+from .threads import one_core
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,7 @@ class MemoryService:
         clock: monotonic seconds (tests pass a fake one and call `snapshot_due`).
         ask_batch: most asks decoded together (1: each ask decodes alone).
         ask_wait_ms: how long the first ask of a batch waits for others to join it.
-        ask_many: answers a batch of asks (given: a `Batcher` runs it; default: continuous batching,
-            `batching.AskLoop`).
+        ask_many: answers a batch of asks (given: a `Batcher` runs it; default: `batching.AskLoop`).
     """
 
     def __init__(self, lm: Larimar, store: Store, limits: Limits, admin_key: str | None = None,
@@ -108,7 +108,7 @@ class MemoryService:
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
         self._verified = auth.VerifiedKeys()
-        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="larimar-snapshot")
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="larimar-snapshot", initializer=one_core)
         self._snapshotting: set[str] = set()
         self._snapshotted: dict[str, int] = {}  # the last log entry this process stored a snapshot at
         self._closing = threading.Event()
@@ -174,6 +174,7 @@ class MemoryService:
 
     def import_memory(self, name: str, data: bytes) -> Created:
         """A new memory from a file written by `Memory.save` or exported by this service."""
+        one_core()
         try:
             memory = memory_from_bytes(self.lm, data)
         except ValueError as err:
@@ -332,6 +333,7 @@ class MemoryService:
 
     def _current(self, memory_id: str) -> Cached:
         """The cached memory, first brought up to the memory's head in the database (NotFound if gone)."""
+        one_core()  # every read and change of a memory comes here first (see `threads`)
         head = self.store.head(memory_id)
         if head is None:
             self._cache(memory_id, None)
@@ -459,8 +461,7 @@ class MemoryService:
         if not facts:
             raise Invalid("facts is empty; send at least one sentence, e.g. {\"facts\": [\"Paris is in Italy.\"]}")
         if len(facts) > limits.max_batch:
-            raise Invalid(f"{len(facts)} facts in one request; at most {limits.max_batch} are allowed, "
-                          "split them into several writes")
+            raise Invalid(f"{len(facts)} facts in one request; at most {limits.max_batch} are allowed: split the write")
         if paraphrases is not None and len(paraphrases) != len(facts):
             raise Invalid(f"paraphrases must have one list per fact ({len(facts)}); got {len(paraphrases)}")
         self._check_texts("facts", facts, limits.max_fact_chars)
@@ -480,8 +481,7 @@ class MemoryService:
 
     @staticmethod
     def _check_controls(name: str, text: str) -> None:
-        found = control_characters(text)
-        if found:
+        if found := control_characters(text):
             raise Invalid(f"{name} holds control characters ({', '.join(found)}); only tab and newline are "
                           "allowed: remove them (a NUL byte often means a binary file was pasted)")
 
