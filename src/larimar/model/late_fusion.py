@@ -216,8 +216,8 @@ def vocab_product(rows: Tensor, weight: Tensor) -> Tensor:
     """rows (N, H) times the vocabulary table weight (V, H), transposed: (N, V).
 
     For a few rows (a query's last positions, a small decoding batch) it is computed as
-    weight @ rows.T: CPU BLAS kernels for a row-major product of 2-8 rows pass over the whole
-    table once per row, 2-4x the time of one pass (`benchmarks/edit_latency.py`).
+    weight @ rows.T: CPU BLAS kernels for a row-major product of 2-8 rows can pass over the
+    whole table once per row, where this form passes over it once (docs/results.md).
     """
     if rows.shape[0] <= FEW_ROWS:
         return (weight @ rows.T).T
