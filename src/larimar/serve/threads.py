@@ -3,8 +3,8 @@
 torch's CPU ops run on OpenMP, and each Python thread that runs a parallel op gets a team of
 OpenMP threads of its own, which lives as long as that thread. Once all teams hold more threads
 than the machine has cores, libgomp stops spinning at its barriers, and every small op then pays
-a sleep and a wake-up. On 2 cores, a request thread that had written a fact made the ask loop's
-8-row decoding steps take 1.4-1.6x as long (docs/results.md). So in the server only the ask loop's
+a sleep and a wake-up. On 2 cores, beside a live thread that had loaded the model, 8-row decoding
+steps took 1.2-1.4x as long (`benchmarks/thread_teams.py`). So in the server only the ask loop's
 thread runs torch on several cores; the request threads (writes, forgets, scores, loading memories)
 and the loader run it on one.
 """
