@@ -70,7 +70,8 @@ class LateFusion:
     def pointer(self, z: Tensor, dtype: torch.dtype) -> Tensor:
         """(..., V) the copy term before its gate, for latents z (..., C): every token's output
         embedding over its norm, dotted with U z. It depends on z alone, so generation computes
-        it once per row and each step scales it by that step's gate (`fused_logits`)."""
+        it once per row and each step scales it by that step's gate (`fused_logits`); `fuse`
+        computes it in the same product with the table as the head's logits."""
         _, head = self._body_and_head()
         direction = self.memory_map(self._code(z.to(dtype)))  # (..., H)
         return (direction @ head.weight.T) / self._head_norms(head.weight).clamp_min(1e-6)
@@ -81,21 +82,20 @@ class LateFusion:
         given pointer, it comes out of the same product with the head's weight as the logits:
         one pass over the vocabulary table instead of two (most of a short query's extra cost)."""
         _, head = self._body_and_head()
-        z = z.to(hidden.dtype)
-        code = self._code(z)
-        if hidden.ndim == z.ndim + 1:
-            code = code.unsqueeze(-2).expand(*hidden.shape[:-1], code.shape[-1])  # (B, T, C)
-        features = F.gelu(self.fusion_in(torch.cat([hidden, code], -1)))  # (..., F)
+        code = self._code(z.to(hidden.dtype))  # (B, C)
+        per_position = code.unsqueeze(-2).expand(*hidden.shape[:-1], -1) if hidden.ndim == z.ndim + 1 else code
+        features = F.gelu(self.fusion_in(torch.cat([hidden, per_position], -1)))  # (..., F)
         mixed = hidden + self.fusion_out(features)
         flat = mixed.reshape(-1, mixed.shape[-1])  # (N, H)
+        n = flat.shape[0]
         if pointer is None:
-            flat = torch.cat([flat, self.memory_map(self._code(z)).to(flat.dtype)])  # (N + B, H)
+            flat = torch.cat([flat, self.memory_map(code).to(flat.dtype)])  # (N + B, H)
         both = vocab_product(flat, head.weight)  # (N [+ B], V)
-        logits = both[: mixed[..., 0].numel()].reshape(*mixed.shape[:-1], -1)
+        logits = both[:n].reshape(*mixed.shape[:-1], -1)
         if head.bias is not None:
             logits = logits + head.bias
         if pointer is None:
-            pointer = both[mixed[..., 0].numel() :] / self._head_norms(head.weight).clamp_min(1e-6)
+            pointer = both[n:] / self._head_norms(head.weight).clamp_min(1e-6)
         return features, logits, pointer
 
     def said(self, z: Tensor, previous: Tensor, tokens: Tensor, chosen: Tensor) -> Tensor:
