@@ -1,7 +1,7 @@
 """Load on the memory service over loopback: durable writes against in-process writes, and asks.
 
     python benchmarks/serve_load.py [--model PATH] [--db URL] [--batches 1 32] [--sizes 8 512]
-                                    [--writes 12] [--clients 1 8] [--requests-per-client 4]
+                                    [--writes 12] [--clients 1 8] [--requests-per-client 4] [--repeats 3]
                                     [--max-seconds 90] [--out benchmarks/results/serve_load.json]
 
 Starts `larimar serve` on 127.0.0.1 (a free port, a temporary SQLite database, or `--db`, e.g. a
@@ -16,9 +16,11 @@ write so both see the same machine load; the in-process ones run in a worker thr
 server's do: on a loaded 2-core machine torch ops called from the main thread were measured up to
 18x slower) is what storage and HTTP cost; the encoder is the floor of both.
 
-Asks: for each client count N in `--clients`, N threads each send `--requests-per-client`
-in-scope asks generating `--new-tokens` tokens, over kept-alive connections; the ratio is the
-throughput against one client. Every cell is bounded by `--max-seconds`. Prints markdown tables
+Asks: for each client count N in `--clients`, N threads each open a kept-alive connection, start
+together and send `--requests-per-client` in-scope asks generating `--new-tokens` tokens. The
+cells run in turns (1, 8, 1, 8, ... `--repeats` times), so the machine's load drifts over both
+alike; each turn's ratio is N clients' throughput over one client's in that turn, and the
+median over turns is reported. Every cell is bounded by `--max-seconds`. Prints markdown tables
 and writes JSON.
 """
 
@@ -58,6 +60,7 @@ class Cell:
 
     op: str
     clients: int
+    turn: int
     requests: int
     errors: int
     p50_ms: float
@@ -73,15 +76,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_cell(url: str, headers: dict[str, str], op: str, send: Request, clients: int, per_client: int,
-             max_seconds: float) -> Cell:
-    """N clients, each sending up to `per_client` requests until `max_seconds` pass."""
+             max_seconds: float, turn: int = 0) -> Cell:
+    """N clients, each sending up to `per_client` requests until `max_seconds` pass; they open
+    their connections first and start together."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
+    ready = threading.Barrier(clients + 1)
     deadline = time.perf_counter() + max_seconds
 
     def client(worker: int) -> None:
         with httpx.Client(base_url=url, headers=headers, timeout=max_seconds + 60) as http:
+            http.get("/health")  # the connection is open before the clock starts
+            ready.wait()
             for i in range(per_client):
                 if time.perf_counter() > deadline:
                     return
@@ -93,15 +100,16 @@ def run_cell(url: str, headers: dict[str, str], op: str, send: Request, clients:
                     errors[0] += 0 if ok else 1
 
     threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
     ms = [1000 * x for x in latencies] or [float("nan")]
-    return Cell(op, clients, len(latencies), errors[0], round(statistics.median(ms), 1), round(percentile(ms, 99), 1),
-                round(len(latencies) / wall, 2), round(wall, 2))
+    return Cell(op, clients, turn, len(latencies), errors[0], round(statistics.median(ms), 1),
+                round(percentile(ms, 99), 1), round(len(latencies) / wall, 2), round(wall, 2))
 
 
 def new_facts(tag: str, n: int, batch: int) -> list[str]:
@@ -117,7 +125,7 @@ def write_request(batch: int, tag: str) -> Request:
 
 def ask_request(new_tokens: int) -> Request:
     def ask(http: httpx.Client, n: int) -> httpx.Response:
-        prompt = FACTS[n % len(FACTS)].rsplit(" ", 1)[0]
+        prompt = FACTS[(n + n // 1_000_000) % len(FACTS)].rsplit(" ", 1)[0]  # clients ask different facts
         return http.post("/ask", json={"prompt": prompt, "max_new_tokens": new_tokens})
 
     return ask
@@ -163,17 +171,30 @@ def ratio_table(ratios: list[WriteRatio]) -> str:
     return "\n".join(lines)
 
 
+def turn_ratios(cells: list[Cell]) -> dict[int, list[float]]:
+    """Ask throughput with N clients over one client's in the same turn, for each turn."""
+    turns: dict[int, dict[int, float]] = {}
+    for c in cells:
+        if c.op == "ask":
+            turns.setdefault(c.turn, {})[c.clients] = c.throughput_rps
+    ratios: dict[int, list[float]] = {}
+    for rates in turns.values():
+        if rates.get(1):
+            for n, rate in rates.items():
+                ratios.setdefault(n, []).append(round(rate / rates[1], 2))
+    return ratios
+
+
 def ask_ratios(cells: list[Cell]) -> dict[int, float]:
-    """Ask throughput with N clients over one client's."""
-    asks = {c.clients: c.throughput_rps for c in cells if c.op == "ask"}
-    one = asks.get(1)
-    return {n: round(rate / one, 2) for n, rate in asks.items()} if one else {}
+    """The median over turns of `turn_ratios`."""
+    return {n: round(statistics.median(r), 2) for n, r in turn_ratios(cells).items()}
 
 
 def table(cells: list[Cell]) -> str:
-    lines = ["| op | clients | requests | errors | p50 ms | p99 ms | throughput req/s |", "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {c.op} | {c.clients} | {c.requests} | {c.errors} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.throughput_rps:.2f} |"
-              for c in cells]
+    lines = ["| op | turn | clients | requests | errors | p50 ms | p99 ms | throughput req/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {c.op} | {c.turn} | {c.clients} | {c.requests} | {c.errors} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | "
+              f"{c.throughput_rps:.2f} |" for c in cells]
     return "\n".join(lines)
 
 
@@ -187,6 +208,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=12, help="writes per (batch, size) cell")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="turns of the ask cells (median ratio over turns)")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop sending after this long, per cell")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per ask")
     parser.add_argument("--skip-asks", action="store_true", help="measure writes only")
@@ -214,10 +236,13 @@ def main() -> None:
     if cells:
         print()
         print(table(cells))
-        print("ask throughput over one client: " + ", ".join(f"{n} clients {r:.2f}x" for n, r in ask_ratios(cells).items()))
+        turns = turn_ratios(cells)
+        print("ask throughput over one client (median over turns; each turn): " + ", ".join(
+            f"{n} clients {r:.2f}x ({' / '.join(f'{x:.2f}' for x in turns[n])})" for n, r in ask_ratios(cells).items()))
     result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-              "writes": [asdict(r) for r in ratios], "cells": [asdict(c) for c in cells], "ask_ratios": ask_ratios(cells)}
+              "writes": [asdict(r) for r in ratios], "cells": [asdict(c) for c in cells],
+              "ask_ratios": ask_ratios(cells), "ask_turn_ratios": turn_ratios(cells)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
@@ -273,10 +298,11 @@ def measure_asks(url: str, args: argparse.Namespace) -> list[Cell]:
     send = ask_request(args.new_tokens)
     send(httpx.Client(base_url=memory_url, headers=headers, timeout=120), 0)  # warm-up
     cells = []
-    for clients in args.clients:
-        cell = run_cell(memory_url, headers, "ask", send, clients, args.requests_per_client, args.max_seconds)
-        print(f"ask x{clients}: {cell}", file=sys.stderr)
-        cells.append(cell)
+    for turn in range(args.repeats):
+        for clients in args.clients:
+            cell = run_cell(memory_url, headers, "ask", send, clients, args.requests_per_client, args.max_seconds, turn)
+            print(f"ask x{clients}: {cell}", file=sys.stderr)
+            cells.append(cell)
     return cells
 
 

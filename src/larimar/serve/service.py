@@ -89,8 +89,7 @@ class MemoryService:
         snapshot_seconds: also once its oldest log entry after the snapshot was cached this many
             seconds ago (checked after each change and by a background timer; 0: only by count).
         clock: monotonic seconds (tests pass a fake one and call `snapshot_due`).
-        ask_batch: most asks decoded together (1: each ask decodes alone).
-        ask_wait_ms: how long the first ask of a batch waits for others to join it.
+        ask_batch, ask_wait_ms: most asks decoded together (1: alone); how long the first waits for others.
         ask_many: answers a batch of asks (given: a `Batcher` runs it; default: `batching.AskLoop`).
     """
 
@@ -170,6 +169,7 @@ class MemoryService:
     # ----------------------------------------------------------------------------- memories
     def create(self, name: str) -> Created:
         """A new empty memory and its key."""
+        one_core()  # like every request thread that runs torch (`threads`)
         return self._create(name, self.lm.new_memory())
 
     def import_memory(self, name: str, data: bytes) -> Created:

@@ -5,8 +5,9 @@ OpenMP threads of its own, which lives as long as that thread. Once all teams ho
 than the machine has cores, libgomp stops spinning at its barriers, and every small op then pays
 a sleep and a wake-up. On 2 cores, beside a live thread that had loaded the model, 8-row decoding
 steps took 1.2-1.4x as long (`benchmarks/thread_teams.py`). So in the server only the ask loop's
-thread runs torch on several cores; the request threads (writes, forgets, scores, loading memories)
-and the loader run it on one.
+thread runs torch on several cores; the request threads (creating, writing, forgetting, scoring,
+loading memories) and the loader run it on one: one request that created a memory on every core
+left a team behind, and batched asks ran 1.5x slower.
 """
 
 from __future__ import annotations
