@@ -30,16 +30,23 @@ def lm(model_dir: Path) -> larimar.Larimar:
 
 
 @pytest.fixture
-def make_app(lm: larimar.Larimar, tmp_path: Path) -> AppFactory:
-    """make_app(db=..., admin_key=..., limits=..., **ServeConfig fields) -> an app sharing the session's model."""
+def make_app(lm: larimar.Larimar, tmp_path: Path) -> Iterator[AppFactory]:
+    """make_app(db=..., admin_key=..., limits=..., **ServeConfig fields) -> an app sharing the session's model.
+
+    The apps' services are closed after the test (their ask loops and snapshot threads stop), as
+    a server's shutdown does; closing twice is harmless."""
+    apps: list[FastAPI] = []
 
     def make(db: Path | str | None = None, admin_key: str | None = None, limits: Limits | None = None,
              **settings: Any) -> FastAPI:
         config = ServeConfig(db=db or tmp_path / "memories.db", admin_key=admin_key, limits=limits or Limits(),
                              **settings)
-        return create_app(config, lm)
+        apps.append(create_app(config, lm))
+        return apps[-1]
 
-    return make
+    yield make
+    for app in apps:
+        app.state.service.close()
 
 
 @pytest.fixture
