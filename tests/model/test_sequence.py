@@ -515,3 +515,24 @@ def test_a_sketch_that_holds_nothing_recalls_nothing() -> None:
     scores = scorer.scores(torch.zeros(2, 64), torch.tensor([3, 5]), torch.tensor([START, START]),
                            torch.tensor([[3, 4], [5, 5]]), recall)
     assert torch.isfinite(scores).all() and (scores == 0).all()
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_prompts_triples_leave_the_sketch_as_if_said_one_by_one(seed: int) -> None:
+    """`said_prompt` (every position's triple direction in one batch) gives exactly the sketch of
+    `said` applied position by position, padding left alone (float64, two rows of different lengths)."""
+    model = seq_model().double()
+    dec = model.decoder
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, dec.z_size, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(0, 40, (2, 7), generator=gen)
+    tokens[:, :2] = tokens[:, 2:4]  # repeated contexts, so some triples are taken out twice
+    mask = torch.ones_like(tokens)
+    mask[1, :3] = 0  # the second row is left-padded
+    previous = previous_tokens(tokens, mask)
+    expected = z
+    for i in range(tokens.shape[1] - 1):
+        keep = (mask[:, i] * mask[:, i + 1]).bool()[:, None]
+        expected = torch.where(keep, dec.said(expected, previous[:, i], tokens[:, i], tokens[:, i + 1]), expected)
+    assert torch.equal(dec.said_prompt(z, previous, tokens, mask), expected)

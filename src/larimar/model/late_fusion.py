@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sequence import START, Recall, consume
+from .sequence import START, Recall, consume, take_out, triple_directions
 
 
 class LateFusion:
@@ -123,12 +123,16 @@ class LateFusion:
         (B, T) form after `previous` (B, T) leaves the sketch as if generation had said it (mask
         (B, T) 1 on real tokens). A continuation of a written text then does not take again a way
         its prompt took ("... merges with" prompted, "... where it merges into" follows)."""
-        if self.successors is None:
+        if self.successors is None or tokens.shape[1] < 2:
             return z
-        for i in range(tokens.shape[1] - 1):
-            keep = (mask[:, i] * mask[:, i + 1]).bool()[:, None]  # (B, 1)
-            z = torch.where(keep, self.said(z, previous[:, i], tokens[:, i], tokens[:, i + 1]), z)
-        return z
+        code, sketch = z[..., : self.config.code_size], z[..., self.config.code_size :]
+        previous, tokens, mask = previous.to(z.device), tokens.to(z.device), mask.to(z.device)
+        # every position's triple direction in one batch (T - 1, B, D); the sketch then loses them in order
+        directions = triple_directions(previous[:, :-1].T, tokens[:, :-1].T, tokens[:, 1:].T, sketch).contiguous()
+        keep = (mask[:, :-1] * mask[:, 1:]).bool().T[..., None]  # (T - 1, B, 1)
+        for i in range(directions.shape[0]):
+            sketch = torch.where(keep[i], take_out(sketch, directions[i]), sketch)
+        return torch.cat([code, sketch], -1)
 
     def recall(self, z: Tensor | None, candidates: Tensor | None) -> Recall | None:
         """The triples that readouts z (B, C), as read before any token is said, hold among their

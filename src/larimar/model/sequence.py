@@ -67,13 +67,23 @@ def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1; got {dim}")
-    x = ids.to(torch.int64)[..., None] * 73856093
-    x = x ^ (torch.arange(dim, dtype=torch.int64, device=ids.device) * 19349663)
-    x = (x ^ (salt * 83492791)) & _MASK32
+    x = ((ids.to(torch.int64)[..., None] * 73856093) ^ _coordinate_salts(dim, salt, ids.device)) & _MASK32
     for _ in range(2):
         x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
     x = x ^ (x >> 16)
     return (1 - 2 * (x & 1)).to(torch.float32)
+
+
+_SALTS: dict[tuple[int, int, torch.device], Tensor] = {}
+
+
+def _coordinate_salts(dim: int, salt: int, device: torch.device) -> Tensor:
+    """(dim,) what `hashed_signs` xors into every id's hash: each coordinate's and the salt's
+    multiples, computed once per (dim, salt, device) (xor and the 32-bit mask commute)."""
+    key = (dim, salt, device)
+    if key not in _SALTS:
+        _SALTS[key] = (torch.arange(dim, dtype=torch.int64, device=device) * 19349663) ^ (salt * 83492791)
+    return _SALTS[key]
 
 
 def sequence_keys(previous: Tensor, ids: Tensor, dim: int) -> Tensor:
@@ -111,8 +121,19 @@ def consume(sketch: Tensor, previous: Tensor, tokens: Tensor, chosen: Tensor) ->
     context written twice with two successors ("1999": (9, 9) is followed by 9 and then by ".")
     then names the second once the first is said, instead of the first again and again.
     """
-    keys = sequence_keys(previous, tokens, sketch.shape[-1]).to(sketch)
-    direction = keys * sequence_codes(chosen, sketch.shape[-1]).to(sketch)  # (B, D), unit rows
+    return take_out(sketch, triple_directions(previous, tokens, chosen, sketch))
+
+
+def triple_directions(previous: Tensor, tokens: Tensor, chosen: Tensor, like: Tensor) -> Tensor:
+    """The unit vectors a(u') * b(u) * c(v) (..., D) of the triples (`previous`, `tokens`,
+    `chosen`) (...), in the dtype and on the device of `like` (..., D)."""
+    keys = sequence_keys(previous, tokens, like.shape[-1]).to(like)
+    return keys * sequence_codes(chosen, like.shape[-1]).to(like)
+
+
+def take_out(sketch: Tensor, direction: Tensor) -> Tensor:
+    """`consume` with the triples' unit vectors (B, D) given: the sketch (B, D) without each
+    row's projection on its vector, clipped to [0, 1]."""
     used = (sketch * direction).sum(-1, keepdim=True).clamp(0.0, 1.0)  # (B, 1)
     return sketch - used * direction
 
@@ -179,11 +200,14 @@ class Recall:
     """Recovered triples of B sketches, padded to S per row: `triples` (B, S, 3) ids (padding
     rows never match a context), `atoms` (B, S, D) and `pinv` (B, S, D), the atoms'
     pseudo-inverse. The weights of a (consumed) sketch x are pinv @ x and its residual
-    x - weights @ atoms, exactly, since consuming removes a multiple of an atom."""
+    x - weights @ atoms, exactly, since consuming removes a multiple of an atom. `codes` (B, M, D)
+    are the sign codes of the candidates the triples were recovered from (what scoring reads
+    at every decoding step), or None."""
 
     triples: Tensor
     atoms: Tensor
     pinv: Tensor
+    codes: Tensor | None = None
 
     @classmethod
     def of(cls, sketches: Tensor, candidates: Tensor) -> Recall:
@@ -197,11 +221,13 @@ class Recall:
             if len(t):
                 triples[row, : len(t)], atoms[row, : len(t)] = t, a
                 pinv[row, : len(t)] = torch.linalg.pinv(a.double().T).float()
-        return cls(triples, atoms, pinv)
+        return cls(triples, atoms, pinv, hashed_signs(candidates.to(sketches.device), dim, _CODE_SALT))
 
     def row(self, index: int) -> Recall:
         """The recall of one row, as a batch of one."""
-        return Recall(self.triples[index : index + 1], self.atoms[index : index + 1], self.pinv[index : index + 1])
+        codes = None if self.codes is None else self.codes[index : index + 1]
+        return Recall(self.triples[index : index + 1], self.atoms[index : index + 1], self.pinv[index : index + 1],
+                      codes)
 
 
 class SuccessorScorer:
@@ -259,7 +285,9 @@ class SuccessorScorer:
         weights = flat @ recall.pinv.to(work).transpose(1, 2)  # (B, P, S)
         residual = flat - weights @ recall.atoms.to(work)
         keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim).to(work)
-        codes = hashed_signs(candidates, self.dim, _CODE_SALT).to(work)  # (B, M, D): the table's rows, not the table
+        codes = recall.codes if recall.codes is not None and recall.codes.shape[:2] == candidates.shape else \
+            hashed_signs(candidates, self.dim, _CODE_SALT)
+        codes = codes.to(work)  # (B, M, D): the table's rows, not the table
         picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
         out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
