@@ -202,12 +202,12 @@ class Recall:
     pseudo-inverse. The weights of a (consumed) sketch x are pinv @ x and its residual
     x - weights @ atoms, exactly, since consuming removes a multiple of an atom. `codes` (B, M, D)
     are the sign codes of the candidates the triples were recovered from (what scoring reads
-    at every decoding step), or None."""
+    at every decoding step)."""
 
     triples: Tensor
     atoms: Tensor
     pinv: Tensor
-    codes: Tensor | None = None
+    codes: Tensor
 
     @classmethod
     def of(cls, sketches: Tensor, candidates: Tensor) -> Recall:
@@ -225,9 +225,8 @@ class Recall:
 
     def row(self, index: int) -> Recall:
         """The recall of one row, as a batch of one."""
-        codes = None if self.codes is None else self.codes[index : index + 1]
         return Recall(self.triples[index : index + 1], self.atoms[index : index + 1], self.pinv[index : index + 1],
-                      codes)
+                      self.codes[index : index + 1])
 
 
 class SuccessorScorer:
@@ -285,9 +284,7 @@ class SuccessorScorer:
         weights = flat @ recall.pinv.to(work).transpose(1, 2)  # (B, P, S)
         residual = flat - weights @ recall.atoms.to(work)
         keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim).to(work)
-        codes = recall.codes if recall.codes is not None and recall.codes.shape[:2] == candidates.shape else \
-            hashed_signs(candidates, self.dim, _CODE_SALT)
-        codes = codes.to(work)  # (B, M, D): the table's rows, not the table
+        codes = recall.codes.to(work)  # (B, M, D): the candidates' rows of the code table, not the table
         picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
         out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
         out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
