@@ -174,6 +174,42 @@ def generated_tokens(tokenizer: Any, text: str, budget: int) -> int:
     return min(budget, n + 1) if n < budget else budget
 
 
+PLOTTED = (("write_over_encoder_paired", "edit", "write /\none encoder pass", 1.2),
+           ("score_in_scope_over_plain_paired", "query", "score in scope /\nplain decoder", 1.1),
+           ("generate_in_scope_over_plain_paired", "query", "generate in scope /\nplain decoder", 1.1))
+"""The paired ratios drawn by `plot`, with the issue's target for each."""
+
+
+def plot(result: dict, path: Path) -> None:
+    """The paired ratios at each memory size, beside their targets, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = result["sizes"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(sizes)
+    for j, n in enumerate(sizes):
+        row = result["rows_ms"][str(n)]  # JSON keys
+        values = [row[group][key] for key, group, _, _ in PLOTTED]
+        bars = ax.bar([i + (j - (len(sizes) - 1) / 2) * width for i in range(len(PLOTTED))], values, width,
+                      label=f"{n:,} facts")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    for i, (_, _, _, target) in enumerate(PLOTTED):
+        ax.hlines(target, i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                  label="target" if i == 0 else None)
+    ax.set_xticks(range(len(PLOTTED)), [label for _, _, label, _ in PLOTTED], fontsize=8)
+    ax.set_ylim(0.8, max(1.3, ax.get_ylim()[1]))
+    ax.set_ylabel("paired ratio (median over repeats)")
+    ax.set_title("cost of an edit and of a query in scope")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="saved Larimar model (default: built-in)")
@@ -182,7 +218,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=12, help="tokens generated per query at most")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edit_latency.json"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/img/edit_latency.png"), help="PNG of the ratios")
+    parser.add_argument("--replot", action="store_true", help="only draw --plot from the JSON at --out")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,7 +272,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    plot(json.loads(args.out.read_text()), args.plot)
+    print(f"\nwrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ def test_forgotten_rows_leave_lazily_and_never_match(lm: larimar.Larimar, tmp_pa
     gone = [i for i in range(100) if i % 10 < 7]  # 70 facts
     for n, i in enumerate(gone[:30]):
         memory.forget(ids[i])
-    rows, live = memory.search_rows()
+    rows, _, live = memory.search_rows()
     assert live is not None and rows.shape[0] == 100 and int(live.sum()) == 70  # not copied yet
     kept = [i for i in range(100) if i not in gone[:30]]
     for i in (kept[0], kept[-1]):
@@ -265,17 +265,17 @@ def test_forgotten_rows_leave_lazily_and_never_match(lm: larimar.Larimar, tmp_pa
         assert lm.scope(texts[i], memory).fact_id not in set(ids[j] for j in gone[:30])
     for i in gone[30:]:
         memory.forget(ids[i])
-    rows, live = memory.search_rows()
+    rows, coarse, live = memory.search_rows()
     assert rows.shape[0] == 35 and live is not None and int(live.sum()) == 30  # copied once, at 65 forgotten
     left = [i for i in range(100) if i not in gone]
     saved = tmp_path / "lazy.safetensors"
     memory.save(saved)  # writes live rows only, and leaves this memory's rows (another thread may be reading them)
-    assert memory.search_rows() == (rows, live) and memory.item_count() == 30
+    assert memory.search_rows() == (rows, coarse, live) and memory.item_count() == 30
     reloaded = lm.load_memory(saved)
     assert len(reloaded.items.owners) == 30 and [f.id for f in reloaded.facts()] == [ids[i] for i in left]
     torch.testing.assert_close(recalled(reloaded), reloaded.items.latents, rtol=0, atol=1e-8)
     assert memory.items.owners == [ids[i] for i in left]  # `items` shows (and keeps) the live rows
-    assert memory.search_rows()[1] is None
+    assert memory.search_rows()[2] is None
     torch.testing.assert_close(recalled(memory), memory.items.latents, rtol=0, atol=1e-8)
     [new] = memory.write([texts[100]])  # fills by live counts
     counts = torch.bincount(memory.items.episodes).tolist()

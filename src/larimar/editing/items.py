@@ -11,6 +11,9 @@ from datetime import datetime
 import torch
 from torch import Tensor
 
+COARSE_DTYPE = torch.float16
+"""Precision of the scope keys' copy that the scope detector scans first (`Items.coarse`)."""
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -64,14 +67,19 @@ class Items:
     """(N,) the fact id of each row."""
     episodes: Tensor | None = None
     """(N,) int64 index of the episode holding each row; None: all in episode 0."""
+    coarse: Tensor | None = field(default=None, repr=False, compare=False)
+    """(N, S, H) `embeddings` in `COARSE_DTYPE`, derived when None (never saved): a scan of all
+    items reads a quarter of the bytes, and `editing.scope` re-ranks its best rows exactly."""
     _storage: tuple[_Rows, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.episodes is None:
             self.episodes = torch.zeros(self.latents.shape[0], dtype=torch.int64, device=self.latents.device)
+        if self.coarse is None:
+            self.coarse = self.embeddings.to(COARSE_DTYPE)
 
     def _columns(self) -> tuple[Tensor, ...]:
-        return self.latents, self.keys, self.embeddings, self.episodes  # type: ignore[return-value]
+        return self.latents, self.keys, self.embeddings, self.episodes, self.coarse  # type: ignore[return-value]
 
     def select(self, keep: Tensor) -> Items:
         """The rows where keep (N,) is True (in storage with room to grow, so the next
@@ -84,13 +92,14 @@ class Items:
             data = column.new_empty(room, *column.shape[1:])
             torch.index_select(column, 0, rows, out=data[: len(owners)])
             storage.append(_Rows(data, len(owners)))
-        latents, keys, embeddings, episodes = (s.data[: len(owners)] for s in storage)
-        return Items(latents, keys, embeddings, owners, episodes, tuple(storage))
+        latents, keys, embeddings, episodes, coarse = (s.data[: len(owners)] for s in storage)
+        return Items(latents, keys, embeddings, owners, episodes, coarse, tuple(storage))
 
     def extend(self, other: Items) -> Items:
         """These rows followed by `other`'s (amortised: the cost of `other`'s rows)."""
         n = len(self.owners)
         storage = self._storage or tuple(_Rows(t) for t in self._columns())
         grown = [rows.append(n, new) for rows, new in zip(storage, other._columns())]
-        latents, keys, embeddings, episodes = (view for _, view in grown)
-        return Items(latents, keys, embeddings, self.owners + other.owners, episodes, tuple(s for s, _ in grown))
+        latents, keys, embeddings, episodes, coarse = (view for _, view in grown)
+        return Items(latents, keys, embeddings, self.owners + other.owners, episodes, coarse,
+                     tuple(s for s, _ in grown))

@@ -142,8 +142,8 @@ class Larimar:
                 out.append(ScopeDecision(False, None, None, None, None))
                 continue
             assert memory is not None and embedded is not None
-            keys, live = memory.search_rows()
-            match = self.detector.match(texts, embedded[at : at + len(texts)], keys, memory.item_text, live)
+            keys, coarse, live = memory.search_rows()
+            match = self.detector.match(texts, embedded[at : at + len(texts)], keys, memory.item_text, live, coarse)
             at += len(texts)
             assert match is not None
             fact_id = memory.owner(match.row)

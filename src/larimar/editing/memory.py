@@ -122,10 +122,11 @@ class Memory:
         live = self._live
         return len(self._items.owners) if live is None else int(live.sum())
 
-    def search_rows(self) -> tuple[Tensor, Tensor | None]:
-        """The scope keys (N, S, H) of the stored rows, and (N,) whether each is live (None: all
-        are); forgotten rows may still be stored (see the module docstring)."""
-        return self._items.embeddings, self._live
+    def search_rows(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The scope keys (N, S, H) of the stored rows, their coarse copy (`Items.coarse`), and
+        (N,) whether each row is live (None: all are); forgotten rows may still be stored (see
+        the module docstring)."""
+        return self._items.embeddings, self._items.coarse, self._live  # type: ignore[return-value]
 
     @property
     def model(self) -> LarimarModel:
