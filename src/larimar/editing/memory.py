@@ -186,7 +186,8 @@ class Memory:
             pick = rows == e
             episodes[e] = self._model.memory.update(
                 episodes[e], items.latents[pick][None], alpha=1.0, keys=items.keys[pick][None])
-        new = Items(items.latents, items.keys, items.embeddings, list(items.owners), rows.to(items.latents.device))
+        new = Items(items.latents, items.keys, items.embeddings, list(items.owners), rows.to(items.latents.device),
+                    items.coarse)
         if self._live is not None:
             self._live = torch.cat([self._live, self._live.new_ones(len(new.owners))])
         self._episodes, self._items = episodes, self._items.extend(new)
