@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,6 +93,7 @@ def test_batch_curve_files_and_resume(tmp_path: Path) -> None:
     summary = run_batch(first, cases, tmp_path, sizes=(1, 4, 100), run_config={"dataset": "fx"})
     assert [r["n"] for r in summary["rows"]] == [1, 4]  # 100 > 6 cases: dropped
     assert all(r["gen_exact"] == 100.0 and r["ES"] == 100.0 for r in summary["rows"])
+    assert all(r["PS"] == r["para_gen_exact"] == r["loc_unchanged"] == 100.0 for r in summary["rows"])
     assert first.n_facts == 5 and (tmp_path / "batch.png").stat().st_size > 0
     assert "| dummy | ok | 4 | 4 | 100.0 |" in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "config.json").read_text())["dataset"] == "fx"
@@ -109,6 +111,29 @@ def test_batch_max_eval_subset_is_fixed(tmp_path: Path) -> None:
     assert a["rows"][0]["n_eval"] == 3
     ids = [[r["case_id"] for r in lines(tmp_path / d / RECORDS_FILE)] for d in "ab"]
     assert ids[0] == ids[1] and len(ids[0]) == 3
+
+
+def test_batch_filler_fills_memories_but_is_never_asked(tmp_path: Path) -> None:
+    cases = make_cases(3)
+    filler = [dataclasses.replace(c, case_id=f"f{c.case_id}") for c in make_cases(8)[3:]]
+    editor = CountingEditor()
+    summary = run_batch(editor, cases, tmp_path, sizes=(2, 6, 8, 9), filler=filler)
+    assert [r["n"] for r in summary["rows"]] == [2, 6, 8]  # 9 > 3 cases + 5 filler: dropped
+    assert [r["n_eval"] for r in summary["rows"]] == [2, 3, 3]
+    assert editor.n_facts == 2 + 6 + 8
+    assert not any(r["case_id"].startswith("f") for r in lines(tmp_path / RECORDS_FILE))
+    assert json.loads((tmp_path / "config.json").read_text())["n_filler"] == 5
+
+
+def test_batch_locality_sees_a_changed_answer(tmp_path: Path) -> None:
+    cases = make_cases(4)
+    # case 0's locality prompt names case 1's subject: once case 1 is written, its answer changes
+    cases[0] = dataclasses.replace(cases[0], neighborhood_prompts=[LocalityPrompt("Subject001 plays the", "x")])
+    rows = run_batch(DummyEditor(), cases, tmp_path, sizes=(1, 4))["rows"]
+    assert [r["loc_unchanged"] for r in rows] == [100.0, 75.0]
+    rec = lines(tmp_path / RECORDS_FILE)[-4]
+    assert rec["paraphrase"]["prompt"] == cases[0].paraphrase_prompts[0]
+    assert rec["locality"][0]["answer_before"] == "unknown" and rec["locality"][0]["unchanged"] is False
 
 
 def test_batch_needs_cases(tmp_path: Path) -> None:

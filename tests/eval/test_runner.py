@@ -105,6 +105,15 @@ def test_run_eval_default_out_and_config(zsre_file: Path, tmp_path: Path,
         EvalConfig("nope", "dummy", zsre_file)  # type: ignore[arg-type]
 
 
+def test_run_eval_batch_filler(zsre_file: Path, tmp_path: Path) -> None:
+    cfg = EvalConfig("batch", "dummy", zsre_file, limit=2, sizes=(1, 5), filler=str(zsre_file), out=tmp_path / "b")
+    summary = run_eval(cfg)
+    assert [(r["n"], r["n_eval"]) for r in summary["rows"]] == [(1, 1), (5, 2)]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["n_filler"] == 5
+    with pytest.raises(ValueError, match="--filler fills the batch"):
+        EvalConfig("single", "dummy", zsre_file, filler=zsre_file)
+
+
 def test_icl_builder_with_scope_threshold(tmp_path: Path) -> None:
     _, decoder_dir = save_base_models(tmp_path)
     cfg = EvalConfig("single", "icl", tmp_path / "d.json", model=decoder_dir, scope_threshold=0.7)

@@ -50,6 +50,8 @@ class EvalConfig:
     seed: int = option("random seed (python, torch and every sampled subset)", 0)
     max_new_tokens: int = option("tokens per generation", 20)
     sizes: tuple[int, ...] | None = option("batch/forgetting N values, e.g. 1,16,64", None)
+    filler: Path | None = option(
+        "batch: a dataset whose facts fill each batch past the --data cases (written, never asked)", None)
     checkpoints: tuple[int, ...] = option("sequential checkpoints", CHECKPOINTS)
     max_eval: int | None = option("batch/forgetting: facts evaluated at most", None)
     n_forget: int = option("forgetting: facts forgotten", 1)
@@ -79,7 +81,10 @@ class EvalConfig:
             raise ValueError(f"--max-new-tokens must be positive; got {self.max_new_tokens}")
         if self.max_facts is not None and self.max_facts < 1:
             raise ValueError(f"--max-facts must be positive (or 0 for all facts); got {self.max_facts}")
+        if self.filler is not None and self.protocol != "batch":
+            raise ValueError(f"--filler fills the batch protocol's memories; drop it for {self.protocol}")
         self.data, self.model = Path(self.data), None if self.model is None else Path(self.model)
+        self.filler = None if self.filler is None else Path(self.filler)
         self.device = resolve_device(self.device)
         self.out = self.out_dir
 

@@ -49,7 +49,16 @@ def _batch(editor: Editor, cases: Sequence[EditCase], cfg: EvalConfig,
            track: protocols.Track[Any]) -> dict[str, Any]:
     return protocols.run_batch(editor, cases, cfg.out_dir, sizes=cfg.sizes or protocols.BATCH_SIZES,
                                max_eval=cfg.max_eval, max_new_tokens=cfg.max_new_tokens,
-                               seed=cfg.seed, run_config=_run_config(cfg), track=track)
+                               seed=cfg.seed, filler=_filler(cfg), run_config=_run_config(cfg),
+                               track=track)
+
+
+def _filler(cfg: EvalConfig) -> list[EditCase]:
+    """The ``--filler`` cases a batch can use: as many as its largest size needs."""
+    if cfg.filler is None:
+        return []
+    need = max(cfg.sizes or protocols.BATCH_SIZES)
+    return load_cases(cfg.filler, limit=need, strip_distractor=cfg.strip_distractor, zsre_target=cfg.zsre_target)
 
 
 def _sequential(editor: Editor, cases: Sequence[EditCase], cfg: EvalConfig,

@@ -22,11 +22,13 @@ Example:
 
 from larimar.eval.protocols.batch import BATCH_COLUMNS, BATCH_SIZES, run_batch
 from larimar.eval.protocols.common import (
+    BASELINE_FILE,
     CONFIG_FILE,
     RECORDS_FILE,
     SUMMARY_FILE,
     TABLE_FILE,
     Track,
+    locality_probe,
     no_progress,
     probe,
     read_records,
@@ -43,14 +45,7 @@ from larimar.eval.protocols.leakage import (
     known_cases,
     run_leakage,
 )
-from larimar.eval.protocols.sequential import (
-    BASELINE_FILE,
-    CHECKPOINTS,
-    CHECKPOINTS_FILE,
-    SEQUENTIAL_COLUMNS,
-    locality_probe,
-    run_sequential,
-)
+from larimar.eval.protocols.sequential import CHECKPOINTS, CHECKPOINTS_FILE, SEQUENTIAL_COLUMNS, run_sequential
 from larimar.eval.protocols.single import evaluate_case, run_single_fact, summarize_single_fact
 from larimar.eval.report import DEFAULT_COLUMNS, summary_table
 

@@ -1,4 +1,5 @@
-"""Batch capacity: write N facts in one ``edit`` call, accuracy over them against N."""
+"""Batch capacity: write N facts in one ``edit`` call; rewrite, paraphrase and locality
+accuracy over them against N."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from typing import Any
 from larimar.eval.datasets import EditCase
 from larimar.eval.editor import Editor
 from larimar.eval.protocols.common import (
+    BASELINE_FILE,
     RECORDS_FILE,
     Track,
     append_record,
     checked_sizes,
     finish,
+    loc_key,
+    locality_baseline,
+    locality_items,
+    locality_probe,
     no_progress,
     open_append,
+    pct,
     plot,
     prepare_out,
     probe,
@@ -30,7 +37,8 @@ from larimar.eval.protocols.common import (
 logger = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
-BATCH_COLUMNS = ("n", "n_eval", "ES", "gen_exact", "gen_contains", "gen_f1", "edit_time_s")
+BATCH_COLUMNS = ("n", "n_eval", "ES", "gen_exact", "gen_contains", "PS", "para_gen_exact", "para_gen_contains",
+                 "loc_unchanged", "edit_time_s")
 
 
 def _batch_key(rec: Mapping[str, Any]) -> str:
@@ -46,26 +54,34 @@ def run_batch(
     max_eval: int | None = None,
     max_new_tokens: int = 20,
     seed: int = 0,
+    filler: Sequence[EditCase] = (),
     run_config: Mapping[str, Any] | None = None,
     track: Track[Any] = no_progress,
 ) -> dict[str, Any]:
     """Batch capacity: for each N, reset, write the first N facts in one ``edit`` call, and
-    measure rewrite success (ES) and greedy generation match over them.
+    measure over the ``cases`` among them rewrite success (ES) and greedy generation match,
+    the same on each case's first paraphrase (PS, ``para_gen_*``; paraphrases are never
+    written), and ``loc_unchanged``: % of their first locality prompts whose greedy answer is
+    the unedited editor's.
 
     Args:
-        sizes: the N values; those above ``len(cases)`` are dropped.
-        max_eval: evaluate at most this many of the N written facts (drawn with ``seed``).
+        sizes: the N values; those above ``len(cases) + len(filler)`` are dropped.
+        max_eval: evaluate at most this many of the written ``cases`` (drawn with ``seed``).
+        filler: facts written after ``cases`` once N exceeds them, never asked (e.g. CounterFact
+            train facts filling a memory whose asked facts are held out).
         (the rest as in :func:`run_single_fact`)
 
     Returns:
         ``{"protocol": "batch", "editor", "rows": [per-N metrics]}``; files: ``cases.jsonl``
         (one line per N and evaluated case; an N whose cases are all there is not re-run),
-        ``summary.json``, ``table.md``, ``config.json``, ``batch.png``.
+        ``locality_baseline.jsonl``, ``summary.json``, ``table.md``, ``config.json``, ``batch.png``.
     """
-    ns = checked_sizes(sizes, len(cases), "batch")
+    pool = [*cases, *filler]
+    ns = checked_sizes(sizes, len(pool), "batch")
     out = prepare_out(out_dir, {"protocol": "batch", "editor": editor.config(), "sizes": ns,
                                  "max_eval": max_eval, "max_new_tokens": max_new_tokens,
-                                 "seed": seed, "n_cases": len(cases), **(run_config or {})})
+                                 "seed": seed, "n_cases": len(cases), "n_filler": len(filler),
+                                 **(run_config or {})})
     path = out / RECORDS_FILE
     done = read_records(path, _batch_key)
     rows = []
@@ -73,25 +89,47 @@ def run_batch(
         for n in track(ns, "batch", len(ns)):
             evaluated = subset(cases[:n], max_eval, seed + n)
             recs = [done.get(f"{n}/{c.case_id}") for c in evaluated]
-            if any(r is None for r in recs):
-                recs = _batch_step(editor, cases[:n], evaluated, max_new_tokens)
+            if any(r is None or "paraphrase" not in r for r in recs):
+                loc = locality_items(evaluated, 1)
+                baseline = locality_baseline(editor, loc, out / BASELINE_FILE, max_new_tokens)
+                recs = _batch_step(editor, pool[:n], evaluated, loc, baseline, max_new_tokens)
                 for rec in recs:
                     append_record(fh, rec)
-            rows.append({"n": n, "n_eval": len(recs), **recall_summary(recs),  # type: ignore[arg-type]
-                         "edit_time_s": recs[0]["edit_time_s"]})  # type: ignore[index]
+            rows.append(_row(n, recs))  # type: ignore[arg-type]
             logger.info("batch %s: N=%d gen_exact %.1f", editor.name, n, rows[-1]["gen_exact"])
     editor.reset()
-    plot(out, "batch", rows, "n", ["ES", "gen_exact", "gen_contains"],
+    plot(out, "batch", rows, "n", ["ES", "gen_exact", "PS", "para_gen_exact", "loc_unchanged"],
           f"batch capacity ({editor.name})")
     summary = {"protocol": "batch", "editor": editor.name, "rows": rows}
     return finish(out, summary, rows_table(summary, BATCH_COLUMNS))
 
 
+def _row(n: int, recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One size's metrics: rewrite, first paraphrase and locality over its evaluated cases."""
+    para = recall_summary([r["paraphrase"] for r in recs if r["paraphrase"] is not None])
+    loc = [x for r in recs for x in r["locality"]]
+    return {"n": n, "n_eval": len(recs), **recall_summary(recs), "PS": para.pop("ES"),
+            **{f"para_{k}": v for k, v in para.items()},
+            "loc_unchanged": pct(x["unchanged"] for x in loc), "edit_time_s": recs[0]["edit_time_s"]}
+
+
 def _batch_step(editor: Editor, written: Sequence[EditCase], evaluated: Sequence[EditCase],
+                loc: Sequence[Mapping[str, str]], baseline: Mapping[str, Mapping[str, Any]],
                 max_new_tokens: int) -> list[dict[str, Any]]:
+    """Reset, write ``written`` in one call, and probe ``evaluated``: rewrite, first paraphrase
+    (never written) and locality prompts against the unedited ``baseline``."""
     editor.reset()
     start = time.perf_counter()
     editor.edit(written)
     elapsed = time.perf_counter() - start
     recs = probe(editor, evaluated, [c.prompt for c in evaluated], max_new_tokens)
-    return [{"n": len(written), "edit_time_s": elapsed, **r} for r in recs]
+    with_para = [c for c in evaluated if c.paraphrase_prompts]
+    para = {p["case_id"]: p for p in probe(editor, with_para, [c.paraphrase_prompts[0] for c in with_para],
+                                            max_new_tokens)}
+    probes = locality_probe(editor, loc, max_new_tokens)
+    for x in probes:
+        before = baseline[loc_key(x)]
+        x.update(answer_before=before["answer_gen"],
+                 unchanged=None if x["answer_gen"] is None else x["answer_gen"] == before["answer_gen"])
+    return [{"n": len(written), "edit_time_s": elapsed, **r, "paraphrase": para.get(r["case_id"]),
+             "locality": [x for x in probes if x["case_id"] == r["case_id"]]} for r in recs]

@@ -25,6 +25,7 @@ RECORDS_FILE = "cases.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 TABLE_FILE = "table.md"
+BASELINE_FILE = "locality_baseline.jsonl"
 
 T = TypeVar("T")
 Track = Callable[[Iterable[T], str, int | None], Iterable[T]]
@@ -193,3 +194,40 @@ def rows_table(summary: Mapping[str, Any], columns: Sequence[str]) -> str:
         ["editor", "status", *columns],
     )
 
+
+def locality_items(cases: Sequence[EditCase], per_case: int) -> list[dict[str, str]]:
+    """The first ``per_case`` locality (neighbourhood) prompts of each case, with its answer."""
+    return [{"case_id": c.case_id, "prompt": n.prompt, "answer": n.answer}
+            for c in cases for n in c.neighborhood_prompts[:per_case]]
+
+
+def locality_probe(editor: Editor, items: Sequence[Mapping[str, str]],
+                   max_new_tokens: int) -> list[dict[str, Any]]:
+    """NLL of each locality answer and the greedy natural-stop answer to its prompt."""
+    if not items:
+        return []
+    prompts = [it["prompt"] for it in items]
+    nlls = editor.score(prompts, [it["answer"] for it in items])
+    answers = ([natural_stop(t) for t in editor.generate(prompts, max_new_tokens)]
+               if max_new_tokens > 0 else [None] * len(items))
+    return [{**it, "nll": nll, "answer_gen": a} for it, nll, a in zip(items, nlls, answers)]
+
+
+def loc_key(rec: Mapping[str, Any]) -> str:
+    """A locality probe's key: its case and prompt."""
+    return f"{rec['case_id']}\x00{rec['prompt']}"
+
+
+def locality_baseline(editor: Editor, items: Sequence[Mapping[str, str]], path: Path,
+                      max_new_tokens: int) -> dict[str, dict[str, Any]]:
+    """The unedited editor's locality probes, cached in ``path`` (JSONL) for resumed runs
+    (the editor is reset when any is missing)."""
+    done = read_records(path, loc_key)
+    todo = [it for it in items if loc_key(it) not in done]
+    if todo:
+        editor.reset()
+        with open_append(path) as fh:
+            for rec in locality_probe(editor, todo, max_new_tokens):
+                append_record(fh, rec)
+                done[loc_key(rec)] = rec
+    return done

@@ -11,13 +11,18 @@ from typing import Any
 
 from larimar.eval.datasets import EditCase
 from larimar.eval.editor import Editor
-from larimar.eval.metrics import mean, natural_stop
+from larimar.eval.metrics import mean
 from larimar.eval.protocols.common import (
+    BASELINE_FILE,
     RECORDS_FILE,
     Track,
     append_record,
     checked_sizes,
     finish,
+    loc_key,
+    locality_baseline,
+    locality_items,
+    locality_probe,
     no_progress,
     open_append,
     pct,
@@ -34,43 +39,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = (1, 10, 100, 1000)
 SEQUENTIAL_COLUMNS = ("n_edits", "ES", "gen_exact", "gen_f1", "PS", "para_gen_exact",
                       "para_gen_f1", "loc_unchanged", "loc_nll_delta", "edit_time_s_mean")
-BASELINE_FILE = "locality_baseline.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
-
-
-def _locality_items(cases: Sequence[EditCase], per_case: int) -> list[dict[str, str]]:
-    return [{"case_id": c.case_id, "prompt": n.prompt, "answer": n.answer}
-            for c in cases for n in c.neighborhood_prompts[:per_case]]
-
-
-def locality_probe(editor: Editor, items: Sequence[Mapping[str, str]],
-                   max_new_tokens: int) -> list[dict[str, Any]]:
-    """NLL of each locality answer and the greedy natural-stop answer to its prompt."""
-    if not items:
-        return []
-    prompts = [it["prompt"] for it in items]
-    nlls = editor.score(prompts, [it["answer"] for it in items])
-    answers = ([natural_stop(t) for t in editor.generate(prompts, max_new_tokens)]
-               if max_new_tokens > 0 else [None] * len(items))
-    return [{**it, "nll": nll, "answer_gen": a} for it, nll, a in zip(items, nlls, answers)]
-
-
-def _loc_key(rec: Mapping[str, Any]) -> str:
-    return f"{rec['case_id']}\x00{rec['prompt']}"
-
-
-def _locality_baseline(editor: Editor, items: Sequence[Mapping[str, str]], path: Path,
-                       max_new_tokens: int) -> dict[str, dict[str, Any]]:
-    """The unedited editor's locality probes, cached in ``path`` (JSONL) for resumed runs."""
-    done = read_records(path, _loc_key)
-    todo = [it for it in items if _loc_key(it) not in done]
-    if todo:
-        editor.reset()
-        with open_append(path) as fh:
-            for rec in locality_probe(editor, todo, max_new_tokens):
-                append_record(fh, rec)
-                done[_loc_key(rec)] = rec
-    return done
 
 
 def _checkpoint_eval(editor: Editor, past: Sequence[EditCase], loc_items: Sequence[Mapping[str, str]],
@@ -82,7 +51,7 @@ def _checkpoint_eval(editor: Editor, past: Sequence[EditCase], loc_items: Sequen
     para = probe(editor, with_para, [c.paraphrase_prompts[0] for c in with_para], max_new_tokens)
     loc = locality_probe(editor, loc_items, max_new_tokens)
     for rec in loc:
-        before = baseline[_loc_key(rec)]
+        before = baseline[loc_key(rec)]
         rec.update(nll_before=before["nll"], answer_before=before["answer_gen"],
                    unchanged=None if rec["answer_gen"] is None
                    else rec["answer_gen"] == before["answer_gen"])
@@ -133,8 +102,8 @@ def run_sequential(
                                  "n_edits": n, "checkpoints": cps,
                                  "locality_per_case": locality_per_case,
                                  "max_new_tokens": max_new_tokens, **(run_config or {})})
-    loc_items = _locality_items(cases, locality_per_case)
-    baseline = _locality_baseline(editor, loc_items, out / BASELINE_FILE, max_new_tokens)
+    loc_items = locality_items(cases, locality_per_case)
+    baseline = locality_baseline(editor, loc_items, out / BASELINE_FILE, max_new_tokens)
     done = read_records(out / CHECKPOINTS_FILE, lambda r: str(r["n_edits"]))
     rows = _stream(editor, cases, cps, done, loc_items, baseline, out, max_new_tokens, track)
     editor.reset()
