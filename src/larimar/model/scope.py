@@ -41,8 +41,11 @@ ASKS_NUMBER = re.compile(
 ("When did ...", "how many ..."; not the clause "When X died, ...")."""
 NUMBER_WORDS = frozenset(
     ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand", "million", "billion", "dozen", "century", "decade", "january", "february", "march", "april", "june", "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "yesterday", "tomorrow"])
-"""Words that state a number or a date without digits ("one", "first", "second" and "may" are left
-out: they are as often a name's part, an ordinal or a verb, "Xbox One")."""
+"""Words that state a number or a date without digits, also in the plural ("Mondays", "hundreds";
+"one", "first", "second" and "may" are left out: they are as often a name's part, an ordinal or
+a verb, "Xbox One")."""
+FIRST_PERSON = frozenset(["i", "i'm", "i'd", "i'll", "i've"])
+"""The pronoun "I" and its contractions: capitalised wherever they stand, yet never a name."""
 FIRST_MERGE = 256
 """BPE ids below this are single bytes; rarity counts from here."""
 
@@ -171,7 +174,7 @@ class PairFeatures:
         asked = []
         for i, raw in enumerate(words(query)):
             word = _norm(raw)
-            name = any(c.isdigit() for c in raw) or (i > 0 and raw[0].isupper())
+            name = any(c.isdigit() for c in raw) or (i > 0 and raw[0].isupper() and word not in FIRST_PERSON)
             asked.append((word, name, self.rarity(word)))
         return tuple(asked), bool(ASKS_NUMBER.search(query))
 
@@ -183,6 +186,7 @@ class PairFeatures:
         for j, w in enumerate(written):
             if len(w) >= 4:
                 by_prefix.setdefault(w[:4], set()).add(j)
-        states_number = any(c.isdigit() for c in text) or any(w in NUMBER_WORDS for w in written)
+        states_number = any(c.isdigit() for c in text) or any(
+            w in NUMBER_WORDS or w.removesuffix("s") in NUMBER_WORDS for w in written)
         return (written, {k: frozenset(v) for k, v in by_prefix.items()}, [self.rarity(w) for w in written],
                 states_number)
