@@ -136,6 +136,26 @@ def test_batch_locality_sees_a_changed_answer(tmp_path: Path) -> None:
     assert rec["locality"][0]["answer_before"] == "unknown" and rec["locality"][0]["unchanged"] is False
 
 
+class TwoSlotEditor(DummyEditor):
+    """Keeps only the last two facts of an edit call."""
+
+    def edit(self, cases: Sequence[EditCase]) -> None:
+        super().edit(list(cases)[-2:])
+
+
+def test_batch_alone_reference_pairs_each_size_with_the_same_facts_written_alone(tmp_path: Path) -> None:
+    cases = make_cases(4)
+    rows = run_batch(TwoSlotEditor(), cases, tmp_path, sizes=(1, 4), alone=True)["rows"]
+    assert [(r["gen_exact"], r["gen_exact_alone"], r["gen_x_alone"]) for r in rows] == [
+        (100.0, 100.0, 1.0), (50.0, 100.0, 0.5)]
+    assert rows[1]["para_x_alone"] == 0.5
+    alone = [r for r in lines(tmp_path / RECORDS_FILE) if r["n"] == "alone"]
+    assert sorted(r["case_id"] for r in alone) == ["0", "1", "2", "3"]  # case 0 once, shared by both sizes
+    again = CountingEditor()
+    assert run_batch(again, cases, tmp_path, sizes=(1, 4), alone=True)["rows"] == rows and again.n_calls == 0
+    assert "gen_x_alone" in (tmp_path / "table.md").read_text()
+
+
 def test_batch_needs_cases(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one case"):
         run_batch(DummyEditor(), [], tmp_path)

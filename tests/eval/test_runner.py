@@ -110,7 +110,7 @@ def test_run_eval_batch_filler(zsre_file: Path, tmp_path: Path) -> None:
     summary = run_eval(cfg)
     assert [(r["n"], r["n_eval"]) for r in summary["rows"]] == [(1, 1), (5, 2)]
     assert json.loads((tmp_path / "b" / "config.json").read_text())["n_filler"] == 5
-    with pytest.raises(ValueError, match="--filler fills the batch"):
+    with pytest.raises(ValueError, match="belong to the batch protocol"):
         EvalConfig("single", "dummy", zsre_file, filler=zsre_file)
 
 

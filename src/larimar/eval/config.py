@@ -52,6 +52,7 @@ class EvalConfig:
     sizes: tuple[int, ...] | None = option("batch/forgetting N values, e.g. 1,16,64", None)
     filler: Path | None = option(
         "batch: a dataset whose facts fill each batch past the --data cases (written, never asked)", None)
+    alone: bool = option("batch: also write each asked fact alone, the reference of the x-alone columns", False)
     checkpoints: tuple[int, ...] = option("sequential checkpoints", CHECKPOINTS)
     max_eval: int | None = option("batch/forgetting: facts evaluated at most", None)
     n_forget: int = option("forgetting: facts forgotten", 1)
@@ -81,8 +82,8 @@ class EvalConfig:
             raise ValueError(f"--max-new-tokens must be positive; got {self.max_new_tokens}")
         if self.max_facts is not None and self.max_facts < 1:
             raise ValueError(f"--max-facts must be positive (or 0 for all facts); got {self.max_facts}")
-        if self.filler is not None and self.protocol != "batch":
-            raise ValueError(f"--filler fills the batch protocol's memories; drop it for {self.protocol}")
+        if (self.filler is not None or self.alone) and self.protocol != "batch":
+            raise ValueError(f"--filler and --alone belong to the batch protocol; drop them for {self.protocol}")
         self.data, self.model = Path(self.data), None if self.model is None else Path(self.model)
         self.filler = None if self.filler is None else Path(self.filler)
         self.device = resolve_device(self.device)

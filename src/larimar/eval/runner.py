@@ -49,7 +49,7 @@ def _batch(editor: Editor, cases: Sequence[EditCase], cfg: EvalConfig,
            track: protocols.Track[Any]) -> dict[str, Any]:
     return protocols.run_batch(editor, cases, cfg.out_dir, sizes=cfg.sizes or protocols.BATCH_SIZES,
                                max_eval=cfg.max_eval, max_new_tokens=cfg.max_new_tokens,
-                               seed=cfg.seed, filler=_filler(cfg), run_config=_run_config(cfg),
+                               seed=cfg.seed, filler=_filler(cfg), alone=cfg.alone, run_config=_run_config(cfg),
                                track=track)
 
 

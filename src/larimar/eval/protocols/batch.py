@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
 BATCH_COLUMNS = ("n", "n_eval", "ES", "gen_exact", "gen_contains", "PS", "para_gen_exact", "para_gen_contains",
-                 "loc_unchanged", "edit_time_s")
+                 "loc_unchanged", "gen_exact_alone", "para_gen_exact_alone", "gen_x_alone", "para_x_alone",
+                 "edit_time_s")
 
 
 def _batch_key(rec: Mapping[str, Any]) -> str:
@@ -55,6 +56,7 @@ def run_batch(
     max_new_tokens: int = 20,
     seed: int = 0,
     filler: Sequence[EditCase] = (),
+    alone: bool = False,
     run_config: Mapping[str, Any] | None = None,
     track: Track[Any] = no_progress,
 ) -> dict[str, Any]:
@@ -69,6 +71,9 @@ def run_batch(
         max_eval: evaluate at most this many of the written ``cases`` (drawn with ``seed``).
         filler: facts written after ``cases`` once N exceeds them, never asked (e.g. CounterFact
             train facts filling a memory whose asked facts are held out).
+        alone: also write each evaluated case alone and add, per N, the same case's rewrite
+            and paraphrase generation written alone (``*_alone``) and the ratios
+            (``gen_x_alone``, ``para_x_alone``: the N-fact rate over the alone rate).
         (the rest as in :func:`run_single_fact`)
 
     Returns:
@@ -81,7 +86,7 @@ def run_batch(
     out = prepare_out(out_dir, {"protocol": "batch", "editor": editor.config(), "sizes": ns,
                                  "max_eval": max_eval, "max_new_tokens": max_new_tokens,
                                  "seed": seed, "n_cases": len(cases), "n_filler": len(filler),
-                                 **(run_config or {})})
+                                 "alone": alone, **(run_config or {})})
     path = out / RECORDS_FILE
     done = read_records(path, _batch_key)
     rows = []
@@ -96,6 +101,11 @@ def run_batch(
                 for rec in recs:
                     append_record(fh, rec)
             rows.append(_row(n, recs))  # type: ignore[arg-type]
+            if alone:
+                row = rows[-1]
+                row.update(_alone_columns(editor, evaluated, done, fh, out, max_new_tokens))
+                row.update(gen_x_alone=_ratio(row["gen_exact"], row["gen_exact_alone"]),
+                           para_x_alone=_ratio(row["para_gen_exact"], row["para_gen_exact_alone"]))
             logger.info("batch %s: N=%d gen_exact %.1f", editor.name, n, rows[-1]["gen_exact"])
     editor.reset()
     plot(out, "batch", rows, "n", ["ES", "gen_exact", "PS", "para_gen_exact", "loc_unchanged"],
@@ -111,6 +121,26 @@ def _row(n: int, recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"n": n, "n_eval": len(recs), **recall_summary(recs), "PS": para.pop("ES"),
             **{f"para_{k}": v for k, v in para.items()},
             "loc_unchanged": pct(x["unchanged"] for x in loc), "edit_time_s": recs[0]["edit_time_s"]}
+
+
+def _alone_columns(editor: Editor, evaluated: Sequence[EditCase], done: dict[str, Any], fh: Any,
+                   out: Path, max_new_tokens: int) -> dict[str, float]:
+    """Rewrite and paraphrase generation of the same cases each written alone (records keyed
+    ``alone/ID``, shared between sizes), and the N-fact rates' ratios to them."""
+    for case in evaluated:
+        if done.get(f"alone/{case.case_id}") is None:
+            loc = locality_items([case], 1)
+            baseline = locality_baseline(editor, loc, out / BASELINE_FILE, max_new_tokens)
+            [rec] = _batch_step(editor, [case], [case], loc, baseline, max_new_tokens)
+            rec["n"] = "alone"
+            append_record(fh, rec)
+            done[f"alone/{case.case_id}"] = rec
+    ref = _row(1, [done[f"alone/{c.case_id}"] for c in evaluated])
+    return {"gen_exact_alone": ref["gen_exact"], "para_gen_exact_alone": ref["para_gen_exact"]}
+
+
+def _ratio(value: float, reference: float) -> float:
+    return value / reference if reference else float("nan")
 
 
 def _batch_step(editor: Editor, written: Sequence[EditCase], evaluated: Sequence[EditCase],
