@@ -146,14 +146,14 @@ class TwoSlotEditor(DummyEditor):
 def test_batch_alone_reference_pairs_each_size_with_the_same_facts_written_alone(tmp_path: Path) -> None:
     cases = make_cases(4)
     rows = run_batch(TwoSlotEditor(), cases, tmp_path, sizes=(1, 4), alone=True)["rows"]
-    assert [(r["gen_exact"], r["gen_exact_alone"], r["gen_x_alone"]) for r in rows] == [
-        (100.0, 100.0, 1.0), (50.0, 100.0, 0.5)]
-    assert rows[1]["para_x_alone"] == 0.5
+    assert [(r["gen_exact"], r["gen_exact_alone"], r["gen_pct_of_alone"]) for r in rows] == [
+        (100.0, 100.0, 100.0), (50.0, 100.0, 50.0)]
+    assert rows[1]["para_pct_of_alone"] == 50.0
     alone = [r for r in lines(tmp_path / RECORDS_FILE) if r["n"] == "alone"]
     assert sorted(r["case_id"] for r in alone) == ["0", "1", "2", "3"]  # case 0 once, shared by both sizes
     again = CountingEditor()
     assert run_batch(again, cases, tmp_path, sizes=(1, 4), alone=True)["rows"] == rows and again.n_calls == 0
-    assert "gen_x_alone" in (tmp_path / "table.md").read_text()
+    assert "gen_pct_of_alone" in (tmp_path / "table.md").read_text()
 
 
 def test_batch_needs_cases(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
 BATCH_COLUMNS = ("n", "n_eval", "ES", "gen_exact", "gen_contains", "PS", "para_gen_exact", "para_gen_contains",
-                 "loc_unchanged", "gen_exact_alone", "para_gen_exact_alone", "gen_x_alone", "para_x_alone",
+                 "loc_unchanged", "gen_exact_alone", "para_gen_exact_alone", "gen_pct_of_alone", "para_pct_of_alone",
                  "edit_time_s")
 
 
@@ -72,8 +72,8 @@ def run_batch(
         filler: facts written after ``cases`` once N exceeds them, never asked (e.g. CounterFact
             train facts filling a memory whose asked facts are held out).
         alone: also write each evaluated case alone and add, per N, the same case's rewrite
-            and paraphrase generation written alone (``*_alone``) and the ratios
-            (``gen_x_alone``, ``para_x_alone``: the N-fact rate over the alone rate).
+            and paraphrase generation written alone (``*_alone``) and the N-fact rates as % of
+            those (``gen_pct_of_alone``, ``para_pct_of_alone``).
         (the rest as in :func:`run_single_fact`)
 
     Returns:
@@ -104,8 +104,8 @@ def run_batch(
             if alone:
                 row = rows[-1]
                 row.update(_alone_columns(editor, evaluated, done, fh, out, max_new_tokens))
-                row.update(gen_x_alone=_ratio(row["gen_exact"], row["gen_exact_alone"]),
-                           para_x_alone=_ratio(row["para_gen_exact"], row["para_gen_exact_alone"]))
+                row.update(gen_pct_of_alone=_percent_of(row["gen_exact"], row["gen_exact_alone"]),
+                           para_pct_of_alone=_percent_of(row["para_gen_exact"], row["para_gen_exact_alone"]))
             logger.info("batch %s: N=%d gen_exact %.1f", editor.name, n, rows[-1]["gen_exact"])
     editor.reset()
     plot(out, "batch", rows, "n", ["ES", "gen_exact", "PS", "para_gen_exact", "loc_unchanged"],
@@ -125,8 +125,8 @@ def _row(n: int, recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _alone_columns(editor: Editor, evaluated: Sequence[EditCase], done: dict[str, Any], fh: Any,
                    out: Path, max_new_tokens: int) -> dict[str, float]:
-    """Rewrite and paraphrase generation of the same cases each written alone (records keyed
-    ``alone/ID``, shared between sizes), and the N-fact rates' ratios to them."""
+    """Rewrite and paraphrase generation exact match of the same cases, each written alone
+    (records keyed ``alone/ID``, written once and shared between sizes)."""
     for case in evaluated:
         if done.get(f"alone/{case.case_id}") is None:
             loc = locality_items([case], 1)
@@ -139,8 +139,8 @@ def _alone_columns(editor: Editor, evaluated: Sequence[EditCase], done: dict[str
     return {"gen_exact_alone": ref["gen_exact"], "para_gen_exact_alone": ref["para_gen_exact"]}
 
 
-def _ratio(value: float, reference: float) -> float:
-    return value / reference if reference else float("nan")
+def _percent_of(value: float, reference: float) -> float:
+    return 100.0 * value / reference if reference else float("nan")
 
 
 def _batch_step(editor: Editor, written: Sequence[EditCase], evaluated: Sequence[EditCase],
