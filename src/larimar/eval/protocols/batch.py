@@ -18,10 +18,10 @@ from larimar.eval.protocols.common import (
     append_record,
     checked_sizes,
     finish,
-    loc_key,
     locality_baseline,
     locality_items,
     locality_probe,
+    mark_unchanged,
     no_progress,
     open_append,
     pct,
@@ -157,9 +157,6 @@ def _batch_step(editor: Editor, written: Sequence[EditCase], evaluated: Sequence
     para = {p["case_id"]: p for p in probe(editor, with_para, [c.paraphrase_prompts[0] for c in with_para],
                                             max_new_tokens)}
     probes = locality_probe(editor, loc, max_new_tokens)
-    for x in probes:
-        before = baseline[loc_key(x)]
-        x.update(answer_before=before["answer_gen"],
-                 unchanged=None if x["answer_gen"] is None else x["answer_gen"] == before["answer_gen"])
+    mark_unchanged(probes, baseline)
     return [{"n": len(written), "edit_time_s": elapsed, **r, "paraphrase": para.get(r["case_id"]),
              "locality": [x for x in probes if x["case_id"] == r["case_id"]]} for r in recs]

@@ -231,3 +231,12 @@ def locality_baseline(editor: Editor, items: Sequence[Mapping[str, str]], path: 
                 append_record(fh, rec)
                 done[loc_key(rec)] = rec
     return done
+
+
+def mark_unchanged(probes: Sequence[dict[str, Any]], baseline: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add to each locality probe the unedited editor's NLL and answer, and whether its greedy
+    answer is unchanged (None without generation)."""
+    for rec in probes:
+        before = baseline[loc_key(rec)]
+        rec.update(nll_before=before["nll"], answer_before=before["answer_gen"],
+                   unchanged=None if rec["answer_gen"] is None else rec["answer_gen"] == before["answer_gen"])

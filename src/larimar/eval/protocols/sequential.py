@@ -19,10 +19,10 @@ from larimar.eval.protocols.common import (
     append_record,
     checked_sizes,
     finish,
-    loc_key,
     locality_baseline,
     locality_items,
     locality_probe,
+    mark_unchanged,
     no_progress,
     open_append,
     pct,
@@ -50,11 +50,7 @@ def _checkpoint_eval(editor: Editor, past: Sequence[EditCase], loc_items: Sequen
     with_para = [c for c in past if c.paraphrase_prompts]
     para = probe(editor, with_para, [c.paraphrase_prompts[0] for c in with_para], max_new_tokens)
     loc = locality_probe(editor, loc_items, max_new_tokens)
-    for rec in loc:
-        before = baseline[loc_key(rec)]
-        rec.update(nll_before=before["nll"], answer_before=before["answer_gen"],
-                   unchanged=None if rec["answer_gen"] is None
-                   else rec["answer_gen"] == before["answer_gen"])
+    mark_unchanged(loc, baseline)
     para_metrics = recall_summary(para)
     metrics = {**recall_summary(rewrite), "PS": para_metrics.pop("ES"),
                **{f"para_{k}": v for k, v in para_metrics.items()},
