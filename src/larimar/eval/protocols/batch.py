@@ -102,10 +102,7 @@ def run_batch(
                     append_record(fh, rec)
             rows.append(_row(n, recs))  # type: ignore[arg-type]
             if alone:
-                row = rows[-1]
-                row.update(_alone_columns(editor, evaluated, done, fh, out, max_new_tokens))
-                row.update(gen_pct_of_alone=_percent_of(row["gen_exact"], row["gen_exact_alone"]),
-                           para_pct_of_alone=_percent_of(row["para_gen_exact"], row["para_gen_exact_alone"]))
+                rows[-1].update(_alone_columns(editor, rows[-1], evaluated, done, fh, out, max_new_tokens))
             logger.info("batch %s: N=%d gen_exact %.1f", editor.name, n, rows[-1]["gen_exact"])
     editor.reset()
     plot(out, "batch", rows, "n", ["ES", "gen_exact", "PS", "para_gen_exact", "loc_unchanged"],
@@ -123,20 +120,24 @@ def _row(n: int, recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "loc_unchanged": pct(x["unchanged"] for x in loc), "edit_time_s": recs[0]["edit_time_s"]}
 
 
-def _alone_columns(editor: Editor, evaluated: Sequence[EditCase], done: dict[str, Any], fh: Any,
-                   out: Path, max_new_tokens: int) -> dict[str, float]:
-    """Rewrite and paraphrase generation exact match of the same cases, each written alone
-    (records keyed ``alone/ID``, written once and shared between sizes)."""
-    for case in evaluated:
-        if done.get(f"alone/{case.case_id}") is None:
-            loc = locality_items([case], 1)
-            baseline = locality_baseline(editor, loc, out / BASELINE_FILE, max_new_tokens)
-            [rec] = _batch_step(editor, [case], [case], loc, baseline, max_new_tokens)
-            rec["n"] = "alone"
-            append_record(fh, rec)
-            done[f"alone/{case.case_id}"] = rec
+def _alone_columns(editor: Editor, row: Mapping[str, Any], evaluated: Sequence[EditCase], done: dict[str, Any],
+                   fh: Any, out: Path, max_new_tokens: int) -> dict[str, float]:
+    """Rewrite and paraphrase generation exact match of a size's cases, each written alone
+    (records keyed ``alone/ID``, written once and shared between sizes), and the size's rates
+    as % of them."""
+    todo = [c for c in evaluated if f"alone/{c.case_id}" not in done]
+    loc = locality_items(todo, 1)
+    baseline = locality_baseline(editor, loc, out / BASELINE_FILE, max_new_tokens) if todo else {}
+    for case in todo:
+        [rec] = _batch_step(editor, [case], [case], [x for x in loc if x["case_id"] == case.case_id], baseline,
+                            max_new_tokens)
+        rec["n"] = "alone"
+        append_record(fh, rec)
+        done[f"alone/{case.case_id}"] = rec
     ref = _row(1, [done[f"alone/{c.case_id}"] for c in evaluated])
-    return {"gen_exact_alone": ref["gen_exact"], "para_gen_exact_alone": ref["para_gen_exact"]}
+    return {"gen_exact_alone": ref["gen_exact"], "para_gen_exact_alone": ref["para_gen_exact"],
+            "gen_pct_of_alone": _percent_of(row["gen_exact"], ref["gen_exact"]),
+            "para_pct_of_alone": _percent_of(row["para_gen_exact"], ref["para_gen_exact"])}
 
 
 def _percent_of(value: float, reference: float) -> float:
