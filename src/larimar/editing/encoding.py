@@ -19,16 +19,25 @@ MEMORY_DTYPE = torch.float64
 """Every memory computation runs in float64, whatever the model's dtype."""
 
 
+class TooLong(ValueError):
+    """A text has more encoder tokens than the encoder reads (`encode_texts(strict=True)`)."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"texts[{index}] has {tokens} encoder tokens but the encoder reads at most {limit}")
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
 @torch.no_grad()
 def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int = 64,
-                 scope_keys: bool = False) -> tuple[Tensor, Tensor]:
+                 scope_keys: bool = False, strict: bool = False) -> tuple[Tensor, Tensor]:
     """Latents and L2-normalised embeddings of texts, from one pass of the encoder body.
 
     Equal to `encoder.encode(texts)` and `encoder.embed(texts)`, which would run the body twice.
     With `scope_keys`, each text gets two embeddings for the scope detector: the whole text's,
     and its head's (the mean of the same pass's token states over the text minus its last
     word, e.g. "The Eiffel Tower is located in"), which is what a question about the fact
-    resembles, since it lacks the answer.
+    resembles, since it lacks the answer. With `strict`, a text past the encoder's
+    `max_length` raises `TooLong` (from the tokenisation the encoding uses) instead of being cut.
 
     Returns:
         latents (N, C) and embeddings (N, H), or (N, 2, H) with `scope_keys`; float64.
@@ -37,7 +46,12 @@ def encode_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int
     with encoder.evaluating():
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            batch = encoder.tokenize(chunk, offsets=scope_keys)
+            batch = encoder.tokenize(chunk, offsets=scope_keys, truncate=not strict)
+            if strict:
+                lengths = batch["attention_mask"].sum(1).tolist()
+                over = [i for i, n in enumerate(lengths) if n > encoder.max_length]
+                if over:
+                    raise TooLong(start + over[0], int(lengths[over[0]]), encoder.max_length)
             hidden = encoder.states(batch["input_ids"], batch["attention_mask"])  # (b, T, H)
             pooled = encoder.pool_states(hidden, batch["attention_mask"])  # (b, H)
             latent = encoder.latent(pooled, batch.get("lexical_ids"), batch.get("lexical_mask"), batch.get("sequence"))
@@ -92,8 +106,3 @@ def query_views(prompt: str) -> list[str]:
     last one (CounterFact-style paraphrases put an unrelated sentence first)."""
     parts = [p for p in SENTENCE_END.split(prompt.strip()) if p.strip()]
     return [prompt] if len(parts) < 2 else [prompt, parts[-1]]
-
-
-def encoder_tokens(encoder: SentenceEncoder, text: str) -> int:
-    """Number of encoder tokens of `text`, special tokens included, before truncation."""
-    return len(encoder.tokenizer(text)["input_ids"])

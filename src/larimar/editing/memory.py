@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..memory import MemoryState
 from ..model.larimar import LarimarModel
-from .encoding import MEMORY_DTYPE, encode_texts, encoder_tokens
+from .encoding import MEMORY_DTYPE, TooLong, encode_texts
 from .items import Fact, Items
 from .persistence import read_memory, save_memory
 
@@ -152,17 +152,24 @@ class Memory:
         facts = self._check_texts(facts, "facts")
         groups = self._check_paraphrases(paraphrases, len(facts))
         ids = self._new_ids(len(facts))
-        self._append(facts, groups, ids, datetime.now(timezone.utc))
+        self._append(facts, groups, ids, datetime.now(timezone.utc), strict=True)
         return ids
 
     def _append(self, facts: Sequence[str], groups: Sequence[Sequence[str]], ids: Sequence[str],
-                created: datetime | Sequence[datetime]) -> None:
-        """Encode and write checked facts under the given ids (all or nothing)."""
+                created: datetime | Sequence[datetime], strict: bool = False) -> None:
+        """Encode and write checked facts under the given ids (all or nothing). With `strict`, a
+        text longer than the encoder reads is refused (ValueError naming it) instead of cut."""
         texts = [t for fact, group in zip(facts, groups) for t in (fact, *group)]
         owners = [i for i, group in zip(ids, groups) for _ in range(1 + len(group))]
         stamps = [created] * len(ids) if isinstance(created, datetime) else list(created)
         self._check_groups([1 + len(g) for g in groups])
-        latents, embeddings = encode_texts(self._model.encoder, texts, scope_keys=True)  # (N, C), (N, 2, H)
+        try:  # (N, C), (N, 2, H); the lengths are checked on the encoding's own tokens
+            latents, embeddings = encode_texts(self._model.encoder, texts, scope_keys=True, strict=strict)
+        except TooLong as err:
+            names = [f"facts[{i}]" if j < 0 else f"paraphrases[{i}][{j}]"
+                     for i, group in enumerate(groups) for j in range(-1, len(group))]
+            raise ValueError(f"{names[err.index]} has {err.tokens} encoder tokens but the encoder reads at most "
+                             f"{err.limit}; split it into shorter facts") from None
         keys = self._model.memory.address(latents[None])[0]  # (N, K)
         self.write_encoded(Items(latents, keys, embeddings, owners),
                            [Fact(i, f, t, tuple(g)) for i, f, g, t in zip(ids, facts, groups, stamps)])
@@ -332,23 +339,16 @@ class Memory:
         return ids
 
     def _check_texts(self, texts: Sequence[str], name: str) -> list[str]:
-        """Each text a non-empty string within the encoder's length; else ValueError."""
+        """Each text a non-empty string; else ValueError (the length is checked as it is encoded)."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise ValueError(f"{name} must be a list of strings; wrap a single fact in a list: write([fact])")
         if name == "facts" and not texts:
             raise ValueError("no facts given; pass a list of sentences, e.g. ['The Eiffel Tower is in Rome.']")
-        limit = self._model.encoder.max_length
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(f"{name}[{i}] is {type(text).__name__}, not a string; pass sentences as str")
             if not text.strip():
                 raise ValueError(f"{name}[{i}] is empty; pass a non-empty sentence")
-            n = encoder_tokens(self._model.encoder, text)
-            if n > limit:
-                raise ValueError(
-                    f"{name}[{i}] has {n} encoder tokens but the encoder reads at most {limit}; "
-                    "split it into shorter facts"
-                )
         return list(texts)
 
     def _check_paraphrases(self, paraphrases: Sequence[Sequence[str]] | None, n: int) -> list[list[str]]:

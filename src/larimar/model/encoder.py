@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
+from .packed import pack_linears
+
 Pooling = Literal["mean", "cls"]
 
 
@@ -42,8 +44,9 @@ class SentenceEncoder(nn.Module):
         code_size: latent size C; defaults to the encoder's hidden size H.
         pooling: "mean" over the attention mask (sentence-transformers style) or "cls"
             (the first token's state).
-        trainable: if False, the encoder body is frozen (no gradients, always in eval mode);
-            the latent head stays trainable.
+        trainable: if False, the encoder body is frozen (no gradients, always in eval mode,
+            its linear layers prepacked for CPU, `larimar.model.packed`, and a BERT pooler,
+            which nothing reads, dropped); the latent head stays trainable.
         max_length: tokens kept per text by `tokenize`, `encode` and `embed`.
         lexicon: optional token embedding table (e.g. the decoder's input embeddings, shared,
             not copied) for a lexical channel: the last `lexical_tokens` tokens of each text
@@ -124,6 +127,9 @@ class SentenceEncoder(nn.Module):
         self.encoder.requires_grad_(trainable)
         if not trainable:
             self.encoder.eval()
+            pack_linears(self.encoder)  # the same float32 products, faster for a query's few tokens
+            if isinstance(getattr(self.encoder, "pooler", None), nn.Module):
+                self.encoder.pooler = None  # unused: latents pool the token states themselves
 
     @property
     def hidden_size(self) -> int:
@@ -240,8 +246,10 @@ class SentenceEncoder(nn.Module):
                 return tokens[: i + 1]
         return tokens
 
-    def tokenize(self, texts: list[str], offsets: bool = False, channels: bool = True) -> BatchEncoding:
-        """Tokenise texts, padded to the longest and cut at `max_length`, on the module's device.
+    def tokenize(self, texts: list[str], offsets: bool = False, channels: bool = True,
+                 truncate: bool = True) -> BatchEncoding:
+        """Tokenise texts, padded to the longest and cut at `max_length` (unless not `truncate`:
+        the caller checks the lengths), on the module's device.
         With `offsets`, the batch also holds each token's character span ("offset_mapping") and
         "special_tokens_mask", for the caller (the encoder body takes neither). Without
         `channels`, the lexical and sequence channels' inputs are left out (for pooled states
@@ -251,8 +259,8 @@ class SentenceEncoder(nn.Module):
         batch = self.tokenizer(
             list(texts),
             padding=True,
-            truncation=True,
-            max_length=self.max_length,
+            truncation=truncate,
+            max_length=self.max_length if truncate else None,
             return_tensors="pt",
             return_offsets_mapping=offsets,
             return_special_tokens_mask=offsets,
