@@ -85,7 +85,8 @@ def test_gradient_through_a_frozen_layer_reaches_its_input() -> None:
 
 def tiny_bert() -> tuple[BertModel, BertTokenizer]:
     words = "the cat sat on a mat dog ran in park".split()
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(specials + words)})
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32)
