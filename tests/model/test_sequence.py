@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from larimar.memory import EpisodicMemory, MemoryConfig
 from larimar.model import ConditioningConfig, LarimarConfig, LarimarModel
+from larimar.model import sequence
 from larimar.model.decoding import DecodeLoop, Row
 from larimar.model.late_fusion import _lead
 from larimar.model.sequence import (
@@ -53,6 +54,23 @@ def test_known_signs_do_not_change() -> None:
 
 
 KNOWN_SIGNS = [[-1.0, -1.0, 1.0, 1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]]
+
+
+def test_cached_rows_of_a_few_ids_equal_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequence, "_ROWS", {})
+    monkeypatch.setattr(sequence, "_ROWS_LIMIT", 5)  # emptied and refilled on the way
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(1,), (), (3,), (2, 4), (sequence._FEW_IDS,), (sequence._FEW_IDS + 1,)]:
+        ids = torch.randint(-2, 50_000, shape, generator=gen)
+        for salt in (1, 2, 3):
+            first, again = hashed_signs(ids, 64, salt), hashed_signs(ids, 64, salt)
+            assert first.shape == (*shape, 64)
+            assert torch.equal(first, sequence._signs(ids, 64, salt)) and torch.equal(again, first)
+        assert len(sequence._ROWS) <= 5
+    out = hashed_signs(torch.tensor([7]), 64, 1)
+    out.zero_()  # a caller's tensor is its own: the cache keeps the signs
+    assert torch.equal(hashed_signs(torch.tensor([7]), 64, 1), sequence._signs(torch.tensor([7]), 64, 1))
+    assert hashed_signs(torch.zeros(0, dtype=torch.long), 64, 1).shape == (0, 64)
 
 
 def test_previous_tokens_start_at_text_and_after_padding() -> None:

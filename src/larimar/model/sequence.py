@@ -63,10 +63,41 @@ def hashed_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
     """Deterministic pseudo-random signs (..., dim) in {-1, +1} for integer ids (...).
 
     The same (id, coordinate, salt) gives the same sign on every machine and torch version:
-    it is a 32-bit integer hash (multiply and xor-shift rounds) of the three numbers.
+    it is a 32-bit integer hash (multiply and xor-shift rounds) of the three numbers. The rows
+    of a few ids (decoding hashes one or two tokens per step) come from a bounded cache of
+    rows computed before; the values are the same.
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1; got {dim}")
+    if 0 < ids.numel() <= _FEW_IDS:
+        return _cached_signs(ids, dim, salt)
+    return _signs(ids, dim, salt)
+
+
+_FEW_IDS = 32
+"""Up to this many ids, `hashed_signs` reads its rows from `_ROWS`."""
+_ROWS_LIMIT = 4096
+"""Rows `_ROWS` holds at most (16 MB at D = 1,024); it is emptied when full."""
+_ROWS: dict[tuple[int, int, int, torch.device], Tensor] = {}
+
+
+def _cached_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
+    """`_signs` of a few ids, each row computed once and then reused."""
+    flat = ids.reshape(-1).tolist()
+    keys = [(i, dim, salt, ids.device) for i in flat]
+    missing = sorted({k[0] for k in keys if k not in _ROWS})
+    if len(missing) > _ROWS_LIMIT:
+        return _signs(ids, dim, salt)
+    if missing:
+        if len(_ROWS) + len(missing) > _ROWS_LIMIT:
+            _ROWS.clear()
+        for i, row in zip(missing, _signs(torch.tensor(missing, device=ids.device), dim, salt)):
+            _ROWS[(i, dim, salt, ids.device)] = row
+    return torch.stack([_ROWS[k] for k in keys]).reshape(*ids.shape, dim)
+
+
+def _signs(ids: Tensor, dim: int, salt: int) -> Tensor:
+    """The hash of `hashed_signs`, computed for every id."""
     x = ((ids.to(torch.int64)[..., None] * 73856093) ^ _coordinate_salts(dim, salt, ids.device)) & _MASK32
     for _ in range(2):
         x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
