@@ -67,6 +67,12 @@ def test_cached_rows_of_a_few_ids_equal_the_hash(monkeypatch: pytest.MonkeyPatch
             assert first.shape == (*shape, 64)
             assert torch.equal(first, sequence._signs(ids, 64, salt)) and torch.equal(again, first)
         assert len(sequence._ROWS) <= 5
+    sequence._ROWS.clear()
+    monkeypatch.setattr(sequence, "_ROWS_LIMIT", 4)
+    for ids in ([1, 2], [1, 3, 4], [1, 5], [6, 7, 8, 9, 10, 1]):  # [1, 5] empties the cache while 1 is in it
+        tensor = torch.tensor(ids)
+        assert torch.equal(hashed_signs(tensor, 64, 2), sequence._signs(tensor, 64, 2))
+        assert len(sequence._ROWS) <= 4
     out = hashed_signs(torch.tensor([7]), 64, 1)
     out.zero_()  # a caller's tensor is its own: the cache keeps the signs
     assert torch.equal(hashed_signs(torch.tensor([7]), 64, 1), sequence._signs(torch.tensor([7]), 64, 1))

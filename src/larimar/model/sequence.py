@@ -82,18 +82,19 @@ _ROWS: dict[tuple[int, int, int, torch.device], Tensor] = {}
 
 
 def _cached_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
-    """`_signs` of a few ids, each row computed once and then reused."""
+    """`_signs` of a few ids, each row computed once and then reused (the rows are gathered
+    locally, so another thread emptying the cache meanwhile changes nothing)."""
     flat = ids.reshape(-1).tolist()
-    keys = [(i, dim, salt, ids.device) for i in flat]
-    missing = sorted({k[0] for k in keys if k not in _ROWS})
-    if len(missing) > _ROWS_LIMIT:
-        return _signs(ids, dim, salt)
+    rows = {i: _ROWS.get((i, dim, salt, ids.device)) for i in flat}
+    missing = sorted(i for i, row in rows.items() if row is None)
     if missing:
         if len(_ROWS) + len(missing) > _ROWS_LIMIT:
             _ROWS.clear()
         for i, row in zip(missing, _signs(torch.tensor(missing, device=ids.device), dim, salt)):
-            _ROWS[(i, dim, salt, ids.device)] = row
-    return torch.stack([_ROWS[k] for k in keys]).reshape(*ids.shape, dim)
+            rows[i] = row
+            if len(missing) <= _ROWS_LIMIT:
+                _ROWS[(i, dim, salt, ids.device)] = row
+    return torch.stack([rows[i] for i in flat]).reshape(*ids.shape, dim)
 
 
 def _signs(ids: Tensor, dim: int, salt: int) -> Tensor:
