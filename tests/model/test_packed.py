@@ -62,6 +62,23 @@ def test_a_weight_changed_in_place_is_packed_again() -> None:
     assert not torch.allclose(first, second)
 
 
+@needs_onednn
+def test_a_packed_layer_deep_copies_and_saves_without_its_packed_copy(tmp_path) -> None:
+    layer = PackedLinear.sharing(linear())
+    x = torch.randn(3, 24)
+    with torch.no_grad():
+        expected = layer(x)
+    assert layer._packed is not None
+    twin = copy.deepcopy(layer)
+    torch.save(layer, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    assert layer._packed is not None, "copying leaves the original's packed weight"
+    for other in (twin, loaded):
+        assert other._packed is None and other.weight is not layer.weight
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), expected)
+
+
 def test_gradients_and_other_dtypes_use_f_linear() -> None:
     layer = PackedLinear.sharing(nn.Linear(24, 40))
     x = torch.randn(3, 24)

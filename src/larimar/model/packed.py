@@ -48,6 +48,13 @@ class PackedLinear(nn.Linear):
                 self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
         return self._packed[1]
 
+    def __getstate__(self) -> dict:
+        """The state without the packed copy (oneDNN's layout cannot be copied or saved; it is
+        remade on first use), so the layer deep-copies and pickles like an `nn.Linear`."""
+        state = dict(super().__getstate__())
+        state.pop("_packed", None)
+        return state
+
     @classmethod
     def sharing(cls, linear: nn.Linear) -> PackedLinear:
         """A PackedLinear holding `linear`'s own parameters (not copies)."""
