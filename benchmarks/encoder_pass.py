@@ -26,8 +26,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from larimar.model.assets import load_default_encoder
-from larimar.model.encoder import mean_pool
-from larimar.model.packed import pack_linears
+from larimar.model.encoder import SentenceEncoder, mean_pool
 
 QUERY = "The mother tongue of Danielle Darrieux is"
 FACT = "The Colosseum is located in Berlin."
@@ -45,9 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     plain, tokenizer = load_default_encoder()
-    packed = copy.deepcopy(plain)
-    pack_linears(packed)
-    packed.pooler = None
+    packed = SentenceEncoder(copy.deepcopy(plain), tokenizer, trainable=False).encoder  # as the model freezes it
     flush = torch.ones(16 * 1024 * 1024, dtype=torch.float64)  # 128 MB, past any cache
 
     def timed(body: torch.nn.Module, batch: dict) -> float:

@@ -12,13 +12,16 @@ else falls back to `F.linear`: gradients, other devices or dtypes, a torch witho
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this torch has oneDNN and its prepacked linear kernel."""
+    """Whether this torch has oneDNN and its prepacked linear kernel (asked once)."""
     ops = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
             and hasattr(ops, "_reorder_linear_weight"))

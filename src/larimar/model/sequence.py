@@ -88,11 +88,12 @@ def _cached_signs(ids: Tensor, dim: int, salt: int) -> Tensor:
     rows = {i: _ROWS.get((i, dim, salt, ids.device)) for i in flat}
     missing = sorted(i for i, row in rows.items() if row is None)
     if missing:
-        if len(_ROWS) + len(missing) > _ROWS_LIMIT:
+        store = len(missing) <= _ROWS_LIMIT
+        if store and len(_ROWS) + len(missing) > _ROWS_LIMIT:
             _ROWS.clear()
         for i, row in zip(missing, _signs(torch.tensor(missing, device=ids.device), dim, salt)):
             rows[i] = row
-            if len(missing) <= _ROWS_LIMIT:
+            if store:
                 _ROWS[(i, dim, salt, ids.device)] = row
     return torch.stack([rows[i] for i in flat]).reshape(*ids.shape, dim)
 
