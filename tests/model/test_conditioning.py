@@ -193,6 +193,32 @@ def test_one_product_gives_the_head_logits_and_the_pointer(positions: int) -> No
     assert not given[2].any()  # a given pointer is passed through, not recomputed
 
 
+def test_fusion_applies_the_code_half_apart_and_equals_the_joint_layer() -> None:
+    config = ConditioningConfig(code_size=CODE, **MODES["output"])
+    model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config).double()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.fusion_in.weight.normal_(generator=gen)
+        model.fusion_in.bias.normal_(generator=gen)
+    hidden, z = torch.randn(2, 4, 32, generator=gen, dtype=torch.float64), torch.randn(2, CODE, generator=gen,
+                                                                                      dtype=torch.float64)
+    features, logits, pointer = model.fuse(hidden, z)
+    joint = F.gelu(model.fusion_in(torch.cat([hidden, z[:, None].expand(-1, 4, -1)], -1)))
+    torch.testing.assert_close(features, joint)
+    direction, on_code = model.readout_terms(z, torch.float64)
+    torch.testing.assert_close(direction, model.memory_map(z))
+    given = model.fuse(hidden, z, terms=(direction, on_code))
+    for a, b in zip(given, (features, logits, pointer)):
+        torch.testing.assert_close(a, b)
+    seen = torch.rand(2, 4, 1, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(model.copy_coverage(hidden, z, direction=direction), model.copy_coverage(hidden, z))
+    with torch.no_grad():  # the split weights follow an in-place change of the layer
+        model.fusion_in.weight.mul_(2.0)
+    torch.testing.assert_close(model.fuse(hidden, z)[0], F.gelu(model.fusion_in(
+        torch.cat([hidden, z[:, None].expand(-1, 4, -1)], -1))))
+    assert model.fused_logits(hidden, z, seen).shape == (2, 4, VOCAB)
+
+
 def test_relative_coverage_does_not_depend_on_how_clean_the_readout_is() -> None:
     config = ConditioningConfig(code_size=CODE, **MODES["output"], copy_seen_relative=True, copy_seen_threshold=0.9)
     model = MemoryConditionedDecoder(make_decoder("llama_gqa"), config)

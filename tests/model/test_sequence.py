@@ -21,6 +21,7 @@ from larimar.model.sequence import (
     hashed_signs,
     previous_tokens,
     recover,
+    row_pinv,
     sequence_codes,
     sequence_keys,
     successor_sketch,
@@ -386,6 +387,40 @@ def test_copy_term_yields_where_the_text_goes_on_otherwise() -> None:
     changed = (gated - plain).abs().amax(-1) > 0
     expected = (scores.amax(-1) > 0.6) & (scores.gather(-1, pointed[:, None])[:, 0] < 0.6)
     assert changed.tolist() == expected.tolist() and expected.any()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_row_pinv_is_the_pseudo_inverse_also_for_dependent_rows(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    atoms = (torch.randint(0, 2, (rows, 64), generator=gen) * 2 - 1).double() / 8
+    torch.testing.assert_close(row_pinv(atoms), torch.linalg.pinv(atoms.T), rtol=1e-10, atol=1e-12)
+    weights = row_pinv(atoms) @ atoms[0]  # a written atom's weights: one on itself, zero elsewhere
+    torch.testing.assert_close(weights, torch.eye(rows, dtype=torch.float64)[0], rtol=0, atol=1e-10)
+    twice = torch.cat([atoms, atoms[:1]])  # a repeated row: no Cholesky factor, the SVD's answer
+    torch.testing.assert_close(row_pinv(twice), torch.linalg.pinv(twice.T), rtol=1e-8, atol=1e-10)
+
+
+def test_fused_logits_are_the_same_given_the_pointed_token_and_with_gradients() -> None:
+    model = seq_model(sequence_lead=0.5)
+    dec = model.decoder
+    tok = model.tokenizer
+    text = "the cat sat on the mat."
+    z = model.encode([text])[0]
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    candidates = torch.tensor([sorted(set(ids.tolist()) | {tok.eos_token_id})])
+    hidden = dec.final_hidden(ids[None])  # (1, T, H)
+    previous = previous_tokens(ids[None])
+    base = dec.fused_logits(hidden, z[None], tokens=ids[None], previous=previous, candidates=candidates)
+    pointed = dec.pointer(z[None], hidden.dtype).argmax(-1, keepdim=True)
+    given = dec.fused_logits(hidden, z[None], tokens=ids[None], previous=previous, candidates=candidates,
+                             pointed=pointed)
+    assert torch.equal(given, base)
+    with torch.enable_grad():  # recording a gradient takes the out-of-place path: the same logits
+        read = z[None].clone().requires_grad_(True)
+        recorded = dec.fused_logits(hidden, read, tokens=ids[None], previous=previous, candidates=candidates)
+        recorded.logsumexp(-1).sum().backward()
+    torch.testing.assert_close(recorded.detach(), base)
+    assert read.grad is not None and bool(read.grad[0, CODE:].any())  # the successor scores pass a gradient
 
 
 def test_sequence_lead_makes_a_confident_successor_win() -> None:

@@ -187,10 +187,11 @@ class Memory:
         self._check_groups(sizes)
         episodes, places = list(self._episodes), self._places(sizes)
         rows = torch.tensor([e for e, n in zip(places, sizes) for _ in range(n)], dtype=torch.int64)
-        for e in sorted(set(places)):
+        targets = sorted(set(places))
+        for e in targets:
             if e == len(episodes):
                 episodes.append(self._empty_state())
-            pick = rows == e
+            pick = rows == e if len(targets) > 1 else slice(None)  # usually every row goes to one episode
             episodes[e] = self._model.memory.update(
                 episodes[e], items.latents[pick][None], alpha=1.0, keys=items.keys[pick][None])
         new = Items(items.latents, items.keys, items.embeddings, list(items.owners), rows.to(items.latents.device),
@@ -216,9 +217,10 @@ class Memory:
 
     def _places(self, sizes: Sequence[int]) -> list[int]:
         """The episode of each new group of `sizes` items: the newest episode while it has room."""
-        episodes = self._items.episodes if self._live is None else self._items.episodes[self._live]
-        counts = torch.bincount(episodes, minlength=len(self._episodes)).tolist()
-        episode, used, out = len(self._episodes) - 1, counts[-1], []
+        episode = len(self._episodes) - 1
+        newest = self._items.episodes == episode  # (N,): only the newest episode's live rows are counted
+        used = int((newest if self._live is None else newest & self._live).sum())
+        out = []
         for size in sizes:
             if used + size > self.episode_items:
                 episode, used = episode + 1, 0

@@ -53,6 +53,9 @@ class _Lane:
     seen: Tensor | None  # (B, 1) copy coverage so far (mode "output" with z)
     scale: Tensor | None  # (B,) copy_scale of each row's z
     pointer: Tensor | None  # (B, V) each row's copy term before its gate (`pointer`)
+    pointed: Tensor | None = None  # (B, 1) the token each row's pointer ranks first
+    direction: Tensor | None = None  # (B, H) and
+    fusion: Tensor | None = None  # (B, F): each row's `readout_terms`
     coverage: tuple[Tensor, Tensor] | None = None  # new rows' (ids, mask) until their first call sets seen
     rows: list[Row] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
@@ -213,7 +216,7 @@ class DecodeLoop:
         lane.position = lane.position + 1
         embeds = dec._embed(lane.token, lane.z)
         if lane.seen is not None:
-            lane.seen = dec.copy_coverage(embeds, lane.z, lane.seen, scale=lane.scale)[:, -1]
+            lane.seen = dec.copy_coverage(embeds, lane.z, lane.seen, scale=lane.scale, direction=lane.direction)[:, -1]
         inputs = _DecoderInputs(embeds, lane.mask, lane.position, lane.cache, memory=0, tokens=lane.token,
                                 previous=lane.previous)
         return self._logits(lane, inputs)
@@ -229,15 +232,20 @@ class DecodeLoop:
                 if lane.candidates is None and lane.rows[0].candidates is not None:
                     lane.candidates = candidate_ids([r.candidates for r in lane.rows], self.device)
                     lane.recall = dec.recall(torch.stack([r.z for r in lane.rows]), lane.candidates)
-                fused = dec.fuse(hidden, z, lane.pointer)  # computes the pointer on the rows' first call
+                if lane.direction is None:
+                    lane.direction, lane.fusion = dec.readout_terms(z, hidden.dtype)
+                fused = dec.fuse(hidden, z, lane.pointer, (lane.direction, lane.fusion))  # the pointer on the first call
                 if lane.coverage is not None:
                     ids, mask = lane.coverage
                     lane.pointer, lane.coverage = fused[2], None
+                    lane.pointed = lane.pointer.argmax(-1, keepdim=True)
                     dtype = inputs.embeds.dtype
-                    lane.scale = dec.copy_scale(z, dtype, lane.pointer) if dec.config.copy_seen_relative else None
-                    lane.seen = dec.copy_coverage(dec._embed(ids, z), z, mask=mask, scale=lane.scale)[:, -1]  # (B, 1)
+                    lane.scale = (dec.copy_scale(z, dtype, lane.pointer, lane.direction)
+                                  if dec.config.copy_seen_relative else None)
+                    lane.seen = dec.copy_coverage(dec._embed(ids, z), z, mask=mask, scale=lane.scale,
+                                                  direction=lane.direction)[:, -1]  # (B, 1)
                 return dec.fused_logits(hidden, z, lane.seen[:, None], inputs.tokens[:, -1:], inputs.previous[:, -1:],
-                                        lane.candidates, recall=lane.recall, fused=fused)[:, -1]
+                                        lane.candidates, recall=lane.recall, fused=fused, pointed=lane.pointed)[:, -1]
             return dec.decoder(inputs_embeds=inputs.embeds, attention_mask=inputs.mask, position_ids=inputs.positions,
                                cache=inputs.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
@@ -270,7 +278,7 @@ def _select(lane: _Lane, keep: list[int]) -> None:
         return
     lane.mask, lane.position = lane.mask[index], lane.position[index]
     lane.token, lane.previous = lane.token[index], lane.previous[index]
-    for name in ("z", "seen", "scale", "pointer"):
+    for name in ("z", "seen", "scale", "pointer", "pointed", "direction", "fusion"):
         value = getattr(lane, name)
         setattr(lane, name, None if value is None else value[index])
     used = lane.mask.any(0)
@@ -299,7 +307,8 @@ def _merge(a: _Lane, b: _Lane) -> _Lane:
     return _Lane(front=a.front, cache=cache, mask=torch.cat(masks), position=torch.cat([a.position, b.position]),
                  token=torch.cat([a.token, b.token]), previous=torch.cat([a.previous, b.previous]), z=cat(a.z, b.z),
                  seen=cat(a.seen, b.seen), scale=cat(a.scale, b.scale), pointer=cat(a.pointer, b.pointer),
-                 rows=a.rows + b.rows, out=a.out + b.out)
+                 pointed=cat(a.pointed, b.pointed), direction=cat(a.direction, b.direction),
+                 fusion=cat(a.fusion, b.fusion), rows=a.rows + b.rows, out=a.out + b.out)
 
 
 def _pad(x: Tensor, front: int, length: int, dim: int = 1) -> Tensor:

@@ -36,17 +36,33 @@ class LateFusion:
             setattr(self, name, cached)
         return cached[1]
 
+    def _fusion_weights(self, hidden: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The fusion MLP's first weight split into its hidden-state columns (F, H) and its code
+        columns (F, C), cached like `_unit_embeddings`: decoding applies the code half once per row."""
+        return self._cached("_fusion_split", self.fusion_in.weight, dtype,
+                            lambda w: (w[:, :hidden].contiguous(), w[:, hidden:].contiguous()))
+
+    def readout_terms(self, z: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """What late fusion reads of readouts z (B, C) through their code part, which decoding
+        never changes (`said` changes only the sketch), so a decoding row computes it once:
+        U z (B, H) and the fusion MLP's first layer on the code, its bias included (B, F)."""
+        code = self._code(z.to(dtype))
+        _, code_weight = self._fusion_weights(self.fusion_in.in_features - code.shape[-1], dtype)
+        return self.memory_map(code), F.linear(code, code_weight, self.fusion_in.bias)
+
     def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None, mask: Tensor | None = None,
-                      scale: Tensor | None = None) -> Tensor:
+                      scale: Tensor | None = None, direction: Tensor | None = None) -> Tensor:
         """How much of what the copy term points at the text already holds, at each position.
 
         embeds (B, T, H) are the input embeddings of consecutive positions, z (B, C); past
         (B, 1) is the value at the position before them; mask (B, T), if given, leaves padding
-        out; scale (B,) is `copy_scale(z)` when known. Returns (B, T, 1): the running maximum
-        over positions of the cosine between an input token's embedding and U z.
+        out; scale (B,) is `copy_scale(z)` and direction (B, H) is U z, when known. Returns
+        (B, T, 1): the running maximum over positions of the cosine between an input token's
+        embedding and U z.
         """
-        direction = self.memory_map(self._code(z).to(embeds.dtype))[:, None, :]  # (B, 1, H)
-        cos = F.cosine_similarity(embeds, direction, dim=-1)  # (B, T)
+        if direction is None:
+            direction = self.memory_map(self._code(z).to(embeds.dtype))
+        cos = F.cosine_similarity(embeds, direction.to(embeds.dtype)[:, None, :], dim=-1)  # (B, T)
         if self.config.copy_seen_relative:
             cos = cos / (self.copy_scale(z, embeds.dtype) if scale is None else scale)[:, None]
         if mask is not None:
@@ -56,11 +72,14 @@ class LateFusion:
             run = torch.maximum(run, past.to(run))
         return run.unsqueeze(-1)
 
-    def copy_scale(self, z: Tensor, dtype: torch.dtype, pointer: Tensor | None = None) -> Tensor:
+    def copy_scale(self, z: Tensor, dtype: torch.dtype, pointer: Tensor | None = None,
+                   direction: Tensor | None = None) -> Tensor:
         """(B,) the best cosine any token embedding reaches with U z (what relative coverage
         divides by). With tied input and output embeddings, `pointer(z)` (B, V) holds those
-        cosines times |U z|, so passing it saves a product with the vocabulary table."""
-        direction = self.memory_map(self._code(z).to(dtype))  # (B, H)
+        cosines times |U z|, so passing it saves a product with the vocabulary table; direction
+        (B, H) is U z when known."""
+        if direction is None:
+            direction = self.memory_map(self._code(z).to(dtype))  # (B, H)
         if pointer is not None and self._tied():
             best = pointer.amax(-1) / direction.norm(dim=-1).clamp_min(1e-12)
         else:
@@ -76,20 +95,25 @@ class LateFusion:
         direction = self.memory_map(self._code(z.to(dtype)))  # (..., H)
         return (direction @ head.weight.T) / self._head_norms(head.weight).clamp_min(1e-6)
 
-    def fuse(self, hidden: Tensor, z: Tensor, pointer: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def fuse(self, hidden: Tensor, z: Tensor, pointer: Tensor | None = None,
+             terms: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The fusion MLP's features (..., F), the head's logits of the fused state (..., V) and
         `pointer(z)` (B, V), for final hidden states (..., H) and readouts z (B, C). Without a
         given pointer, it comes out of the same product with the head's weight as the logits:
-        one pass over the vocabulary table instead of two (most of a short query's extra cost)."""
+        one pass over the vocabulary table instead of two (most of a short query's extra cost).
+        terms: `readout_terms(z)` when already known.
+
+        The MLP's first layer reads [h; code] as h W_h^T + (code W_c^T + b), its two halves apart."""
         _, head = self._body_and_head()
-        code = self._code(z.to(hidden.dtype))  # (B, C)
-        per_position = code.unsqueeze(-2).expand(*hidden.shape[:-1], -1) if hidden.ndim == z.ndim + 1 else code
-        features = F.gelu(self.fusion_in(torch.cat([hidden, per_position], -1)))  # (..., F)
+        direction, on_code = self.readout_terms(z, hidden.dtype) if terms is None else terms  # (B, H), (B, F)
+        hidden_weight, _ = self._fusion_weights(hidden.shape[-1], hidden.dtype)
+        per_position = on_code.unsqueeze(-2) if hidden.ndim == z.ndim + 1 else on_code
+        features = F.gelu(F.linear(hidden, hidden_weight) + per_position)  # (..., F)
         mixed = hidden + self.fusion_out(features)
         flat = mixed.reshape(-1, mixed.shape[-1])  # (N, H)
         n = flat.shape[0]
         if pointer is None:
-            flat = torch.cat([flat, self.memory_map(code).to(flat.dtype)])  # (N + B, H)
+            flat = torch.cat([flat, direction.to(flat.dtype)])  # (N + B, H)
         both = vocab_product(flat, head.weight)  # (N [+ B], V)
         logits = both[:n].reshape(*mixed.shape[:-1], -1)
         if head.bias is not None:
@@ -150,7 +174,8 @@ class LateFusion:
     def fused_logits(self, hidden: Tensor, z: Tensor, seen: Tensor | None = None,
                      tokens: Tensor | None = None, previous: Tensor | None = None,
                      candidates: Tensor | None = None, pointer: Tensor | None = None,
-                     recall: Recall | None = None, fused: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                     recall: Recall | None = None, fused: tuple[Tensor, Tensor, Tensor] | None = None,
+                     pointed: Tensor | None = None) -> Tensor:
         """Logits of final hidden states fused with z: hidden (..., H), z (B, C) -> (..., V).
 
         seen (..., 1), from `copy_coverage`, lets the gate stop copying once the text already
@@ -174,7 +199,9 @@ class LateFusion:
         candidates (B, M) limit the successor scores to the recalled text's tokens. pointer,
         `pointer(z)` when already known (B, V) for z (B, C), else computed here (once per row of z).
         recall, `recall(z, candidates)` of the rows' readouts before any token was said (decoding).
-        fused, `fuse(hidden, z)` when already computed.
+        fused, `fuse(hidden, z)` when already computed. pointed (B, 1), the token the pointer
+        ranks first (its argmax: the gate scales a row's pointer by a positive number, so this is
+        the token the copy term points at), when already known.
         """
         if self.fusion_in is None or self.fusion_out is None or self.copy_gate is None:
             raise ValueError('fused_logits needs ConditioningConfig.mode "output"')
@@ -182,14 +209,16 @@ class LateFusion:
         features, logits, pointer = self.fuse(hidden, z, pointer) if fused is None else fused  # pointer once per row
         if recall is None and tokens is not None and z.ndim == 2:
             recall = self.recall(z, candidates)  # once for both the scores and the forks
+        if pointed is None:
+            pointed = pointer.argmax(-1, keepdim=True)  # (B, 1)
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
-            pointer = pointer.unsqueeze(-2)  # (B, 1, V)
+            pointer, pointed = pointer.unsqueeze(-2), pointed.unsqueeze(-2)  # (B, 1, V), (B, 1, 1)
         sketch = z[..., self.config.code_size :]
         gate = self.copy_gate(features)  # (..., 1)
         if seen is not None:
             gate = gate + self.copy_seen * F.relu(seen.to(gate) - self.config.copy_seen_threshold)
-        copied = (2 * torch.sigmoid(gate)) * pointer  # (..., V)
+        copy_weight = 2 * torch.sigmoid(gate)  # (..., 1) what the pointer is scaled by
         cfg, scores = self.config, None
         if self.successors is not None and tokens is not None:
             if previous is None:
@@ -198,12 +227,11 @@ class LateFusion:
             scores = self.successors.scores(sketch, tokens, previous, candidates, recall)  # (..., V)
             scores = self.successors.settle_forks(scores, sketch, tokens, previous, candidates, cfg.sequence_confidence,
                                                   recall=recall)
-            logits = logits + cfg.sequence_weight * F.relu(scores - cfg.sequence_threshold).to(logits) / (
-                1 - cfg.sequence_threshold)
-            pointed = scores.gather(-1, copied.argmax(-1, keepdim=True))  # (..., 1) score of the copied token
-            yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (pointed < cfg.sequence_confidence)
-            copied = copied.masked_fill(yields, 0.0)
-        logits = logits + copied
+            logits = logits + _successor_term(scores, cfg.sequence_weight, cfg.sequence_threshold).to(logits)
+            on_pointed = scores.gather(-1, pointed.expand(*scores.shape[:-1], 1))  # (..., 1) score of the copied token
+            yields = (scores.amax(-1, keepdim=True) > cfg.sequence_confidence) & (on_pointed < cfg.sequence_confidence)
+            copy_weight = copy_weight.masked_fill(yields, 0.0)
+        logits = logits + copy_weight * pointer  # (..., V)
         if scores is not None and cfg.sequence_lead is not None:
             logits = _lead(logits, scores, cfg.sequence_confidence, cfg.sequence_lead)
         cap = getattr(self.text_config, "final_logit_softcapping", None)
@@ -228,12 +256,23 @@ def vocab_product(rows: Tensor, weight: Tensor) -> Tensor:
     return F.linear(rows, weight)
 
 
+def _successor_term(scores: Tensor, weight: float, threshold: float) -> Tensor:
+    """weight * relu(scores - threshold) / (1 - threshold), (..., V): what the sequence channel
+    adds to the logits. Without a gradient to record, the steps run in place on one temporary
+    (each vocabulary-sized allocation costs more than its arithmetic on a CPU)."""
+    if torch.is_grad_enabled() and scores.requires_grad:
+        return weight * F.relu(scores - threshold) / (1 - threshold)
+    return (scores - threshold).relu_().mul_(weight).div_(1 - threshold)
+
+
 def _lead(logits: Tensor, scores: Tensor, confidence: float, margin: float) -> Tensor:
     """Raise each row's most confident successor to at least (the best other logit) + margin.
 
     logits, scores: (..., V). Rows whose best successor score is <= confidence are unchanged.
     """
     best_score, best = scores.max(-1, keepdim=True)  # (..., 1)
+    if not bool((best_score > confidence).any()):
+        return logits
     current = logits.gather(-1, best)
     others = logits.scatter(-1, best, float("-inf")).amax(-1, keepdim=True)
     raised = torch.maximum(current, others + margin)

@@ -191,7 +191,7 @@ def candidate_ids(rows: Sequence[Sequence[int]] | None, device: torch.device) ->
     return torch.tensor([list(r) + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
-def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: int = 16) -> tuple[Tensor, Tensor]:
+def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: int = 16) -> tuple[Tensor, Tensor, Tensor]:
     """The triples a sketch (D,) holds among those its tokens `ids` (M,) can form.
 
     Greedy pursuit with least-squares refits: each round adds the (at most `batch`) triples
@@ -199,7 +199,8 @@ def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: in
     chosen triples' weights to the sketch, and stops when no correlation reaches `floor` or at
     D / 4 triples (past that, D random signs no longer determine the triples reliably).
     Contexts range over START and `ids`, successors over `ids`.
-    Returns triples (S, 3) as (previous, token, next) ids and their unit atoms (S, D).
+    Returns triples (S, 3) as (previous, token, next) ids, their unit atoms (S, D) and the
+    atoms' pseudo-inverse (S, D) in float64 (`row_pinv`: the map from a sketch to its weights).
     """
     dim = sketch.shape[-1]
     ids = ids.unique()
@@ -210,9 +211,9 @@ def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: in
     target = sketch.detach().float()  # triples are chosen, not learned: no gradient
     chosen = torch.zeros(pairs.shape[0] * len(ids), dtype=torch.bool, device=sketch.device)
     support = torch.empty(0, dtype=torch.long, device=sketch.device)
-    residual = target
+    residual, inverse = target, target.new_zeros(0, dim, dtype=torch.float64)
     while len(support) < dim // 4:
-        corr = ((pairs * residual) @ codes.T).reshape(-1).masked_fill(chosen, 0.0)
+        corr = (pairs @ (codes * residual).T).reshape(-1).masked_fill(chosen, 0.0)  # no (M+1)^2 x D temporary
         best = float(corr.max())
         if best < floor:
             break
@@ -221,11 +222,22 @@ def recover(sketch: Tensor, ids: Tensor, floor: float = RECOVER_FLOOR, batch: in
         chosen[pick] = True
         support = torch.cat([support, pick])
         atoms = pairs[support // len(ids)] * codes[support % len(ids)]
-        weights = torch.linalg.lstsq(atoms.T.double(), target.double()[:, None]).solution[:, 0]
-        residual = target - (atoms.T.double() @ weights).float()
+        inverse = row_pinv(atoms.double())
+        weights = inverse @ target.double()  # the least-squares fit of the chosen atoms to the sketch
+        residual = target - (weights @ atoms.double()).float()
     pair, nxt = support // len(ids), support % len(ids)
     triples = torch.stack([context[pair // len(context)], context[pair % len(context)], ids[nxt]], -1)
-    return triples.to(sketch.device), pairs[pair] * codes[nxt]
+    return triples.to(sketch.device), pairs[pair] * codes[nxt], inverse
+
+
+def row_pinv(rows: Tensor) -> Tensor:
+    """The pseudo-inverse's transpose (S, D) of rows (S, D) of full row rank, (rows rows^T)^-1 rows,
+    from a Cholesky factor of their (S, S) Gram matrix (random sign atoms are far from dependent);
+    through the SVD where that factor does not exist."""
+    factor, info = torch.linalg.cholesky_ex(rows @ rows.T)
+    if int(info) != 0:
+        return torch.linalg.pinv(rows.T)
+    return torch.cholesky_solve(rows, factor)
 
 
 @dataclass
@@ -246,14 +258,13 @@ class Recall:
     def of(cls, sketches: Tensor, candidates: Tensor) -> Recall:
         """The recall of sketches (B, D) whose texts' tokens are candidates (B, M)."""
         found = [recover(sketch, ids) for sketch, ids in zip(sketches, candidates)]
-        width, dim = max(1, max(len(t) for t, _ in found)), sketches.shape[-1]
+        width, dim = max(1, max(len(t) for t, _, _ in found)), sketches.shape[-1]
         triples = torch.full((len(found), width, 3), _NO_TOKEN, dtype=torch.long, device=sketches.device)
         atoms = sketches.new_zeros(len(found), width, dim, dtype=torch.float32)
         pinv = torch.zeros_like(atoms)
-        for row, (t, a) in enumerate(found):
+        for row, (t, a, inverse) in enumerate(found):
             if len(t):
-                triples[row, : len(t)], atoms[row, : len(t)] = t, a
-                pinv[row, : len(t)] = torch.linalg.pinv(a.double().T).float()
+                triples[row, : len(t)], atoms[row, : len(t)], pinv[row, : len(t)] = t, a, inverse.float()
         return cls(triples, atoms, pinv, hashed_signs(candidates.to(sketches.device), dim, _CODE_SALT))
 
     def row(self, index: int) -> Recall:
@@ -319,12 +330,12 @@ class SuccessorScorer:
         keys = sequence_keys(previous, tokens, self.dim).reshape(batch, -1, self.dim).to(work)
         codes = recall.codes.to(work)  # (B, M, D): the candidates' rows of the code table, not the table
         picked = (keys * residual / self.dim**0.5) @ codes.transpose(1, 2)  # (B, P, M)
-        out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)
-        out = out.scatter(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
+        out = picked.new_zeros(batch, flat.shape[1], self.vocab_size)  # filled in place: one (..., V) allocation
+        out.scatter_(-1, candidates[:, None, :].expand(-1, flat.shape[1], -1), picked)
         found = recall.triples[:, None]  # (B, 1, S, 3)
         match = (found[..., 0] == previous.reshape(batch, -1, 1)) & (found[..., 1] == tokens.reshape(batch, -1, 1))
         nxt = found[..., 2].clamp_min(0).expand_as(match)
-        out = out.scatter_add(-1, nxt, weights * match)
+        out.scatter_add_(-1, nxt, weights * match)
         return out.reshape(*tokens.shape, self.vocab_size)
 
     def settle_forks(self, scores: Tensor, sketch: Tensor, tokens: Tensor, previous: Tensor,
