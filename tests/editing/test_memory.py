@@ -78,6 +78,21 @@ def test_episodes_fill_in_order_and_recall_stays_exact(lm: larimar.Larimar) -> N
         larimar.Memory(lm.model, episode_items=0)
 
 
+def test_writes_fill_the_newest_episode_by_its_live_rows(lm: larimar.Larimar) -> None:
+    memory = larimar.Memory(lm.model, episode_items=3)
+    ids = memory.write(SENTENCES[:2])  # episode 0 holds 2
+    memory.forget(ids[0])  # 1 live row left in it
+    more = memory.write(SENTENCES[2:6])  # one write over two episodes: 2 fill episode 0, 2 open episode 1
+    live = memory.items.episodes.tolist()
+    assert live == [0, 0, 0, 1, 1] and memory.episodes == 2
+    memory.forget(more[0])  # room in the older episode is not used again: writes go to the newest
+    memory.write(SENTENCES[6:7])
+    assert memory.items.episodes.tolist() == [0, 0, 1, 1, 1]
+    memory.write(SENTENCES[7:8])  # the newest is full: a third episode opens
+    assert memory.items.episodes.tolist()[-1] == 2 and memory.episodes == 3
+    torch.testing.assert_close(recalled(memory), memory.items.latents, atol=1e-10, rtol=0)
+
+
 def test_forget_equals_never_written(lm: larimar.Larimar) -> None:
     forgetful, never = lm.new_memory(), lm.new_memory()
     ids = [forgetful.write([f], [[f"{f} Indeed."]] if i == 1 else None)[0] for i, f in enumerate(FACTS)]
