@@ -36,9 +36,10 @@ class LateFusion:
             setattr(self, name, cached)
         return cached[1]
 
-    def _fusion_weights(self, hidden: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _fusion_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The fusion MLP's first weight split into its hidden-state columns (F, H) and its code
         columns (F, C), cached like `_unit_embeddings`: decoding applies the code half once per row."""
+        hidden = self.fusion_in.in_features - self.config.code_size
         return self._cached("_fusion_split", self.fusion_in.weight, dtype,
                             lambda w: (w[:, :hidden].contiguous(), w[:, hidden:].contiguous()))
 
@@ -47,7 +48,7 @@ class LateFusion:
         never changes (`said` changes only the sketch), so a decoding row computes it once:
         U z (B, H) and the fusion MLP's first layer on the code, its bias included (B, F)."""
         code = self._code(z.to(dtype))
-        _, code_weight = self._fusion_weights(self.fusion_in.in_features - code.shape[-1], dtype)
+        _, code_weight = self._fusion_weights(dtype)
         return self.memory_map(code), F.linear(code, code_weight, self.fusion_in.bias)
 
     def copy_coverage(self, embeds: Tensor, z: Tensor, past: Tensor | None = None, mask: Tensor | None = None,
@@ -106,7 +107,7 @@ class LateFusion:
         The MLP's first layer reads [h; code] as h W_h^T + (code W_c^T + b), its two halves apart."""
         _, head = self._body_and_head()
         direction, on_code = self.readout_terms(z, hidden.dtype) if terms is None else terms  # (B, H), (B, F)
-        hidden_weight, _ = self._fusion_weights(hidden.shape[-1], hidden.dtype)
+        hidden_weight, _ = self._fusion_weights(hidden.dtype)
         per_position = on_code.unsqueeze(-2) if hidden.ndim == z.ndim + 1 else on_code
         features = F.gelu(F.linear(hidden, hidden_weight) + per_position)  # (..., F)
         mixed = hidden + self.fusion_out(features)
@@ -209,11 +210,10 @@ class LateFusion:
         features, logits, pointer = self.fuse(hidden, z, pointer) if fused is None else fused  # pointer once per row
         if recall is None and tokens is not None and z.ndim == 2:
             recall = self.recall(z, candidates)  # once for both the scores and the forks
-        if pointed is None:
-            pointed = pointer.argmax(-1, keepdim=True)  # (B, 1)
         if hidden.ndim == z.ndim + 1:
             z = z.unsqueeze(-2).expand(*hidden.shape[:-1], z.shape[-1])  # (B, T, C)
-            pointer, pointed = pointer.unsqueeze(-2), pointed.unsqueeze(-2)  # (B, 1, V), (B, 1, 1)
+            pointer = pointer.unsqueeze(-2)  # (B, 1, V)
+            pointed = None if pointed is None else pointed.unsqueeze(-2)  # (B, 1, 1)
         sketch = z[..., self.config.code_size :]
         gate = self.copy_gate(features)  # (..., 1)
         if seen is not None:
@@ -224,6 +224,8 @@ class LateFusion:
             if previous is None:
                 previous = torch.full_like(tokens, START)
             tokens, previous = tokens.to(sketch.device), previous.to(sketch.device)
+            if pointed is None:
+                pointed = pointer.argmax(-1, keepdim=True)  # (B, 1) or (B, 1, 1)
             scores = self.successors.scores(sketch, tokens, previous, candidates, recall)  # (..., V)
             scores = self.successors.settle_forks(scores, sketch, tokens, previous, candidates, cfg.sequence_confidence,
                                                   recall=recall)
