@@ -298,3 +298,24 @@ def test_forgotten_rows_leave_lazily_and_never_match(lm: larimar.Larimar, tmp_pa
     counts = torch.bincount(memory.items.episodes).tolist()
     assert max(counts) <= 8 and memory.item_text(len(memory.items.owners) - 1) == texts[100]
     assert lm.scope(texts[100], memory).fact_id == new
+
+
+def test_the_newest_episodes_count_kept_by_writes_and_forgets_matches_a_recount(lm: larimar.Larimar) -> None:
+    """A write places its items by the newest episode's live rows, counted once and then kept
+    by each write and forget: over random writes (with paraphrases), forgets and copies, the
+    kept count equals a recount of the rows."""
+    rng = random.Random(3)
+    memory = larimar.Memory(lm.model, episode_items=4)
+    ids: list[str] = []
+    for step in range(60):
+        if ids and rng.random() < 0.4:
+            memory.forget(ids.pop(rng.randrange(len(ids))))
+        else:
+            group = [[f"said again {step}"] * rng.randrange(2)]
+            ids += memory.write([SENTENCES[step % len(SENTENCES)]], paraphrases=group)
+        if step % 7 == 0:
+            memory = memory.copy()
+        rows = memory.items.episodes  # the live rows' episodes (reading `items` drops the forgotten rows)
+        newest = int((rows == memory.episodes - 1).sum())
+        assert memory._newest_live == newest  # kept, not recounted
+        assert memory._places([4]) == ([memory.episodes - (newest == 0)], 4)  # a full group opens a new episode

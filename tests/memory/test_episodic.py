@@ -268,3 +268,26 @@ def test_import_does_not_pull_transformers():
     code = "import sys, larimar.memory; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_reference_keys_gather_when_the_reference_pinv_selects_columns():
+    """With the identity prior (as initialised) the reference pseudo-inverse selects
+    coordinates: `address` gathers them, equal to the product; any other prior multiplies."""
+    from larimar.memory.addressing import column_selection, reference_keys
+
+    mem = make(16, 24, key_size=20)
+    z = latents(2, 3, 24)
+    with torch.no_grad():
+        ref, selection = mem._reference(z)
+        assert selection is not None and selection.tolist() == list(range(16))
+        assert torch.equal(mem.address(z), mem._key(z) @ ref)
+        mem.prior.mul_(2.0)  # a changed prior: the cache is renewed and the keys are a product again
+        ref, selection = mem._reference(z)
+        assert selection is None and torch.allclose(mem.address(z), mem._key(z) @ ref)
+    picks = torch.zeros(5, 3, dtype=F64)
+    picks[[4, 0, 4], [0, 1, 2]] = 1.0  # columns e_4, e_0, e_4: a row may be picked twice
+    assert column_selection(picks).tolist() == [4, 0, 4]
+    w = latents(1, 2, 5)
+    assert torch.equal(reference_keys(w, picks, column_selection(picks)), w @ picks)
+    for bad in (picks * 0.5, torch.cat([picks, picks]), picks + picks.roll(1, 0)):  # not unit columns
+        assert column_selection(bad) is None

@@ -74,6 +74,7 @@ class Memory:
             MemoryState(*(t[e : e + 1] for t in _tensors(state))) for e in range(state.batch_size)]
         self._items = items if items is not None else self._no_items()
         self._live: Tensor | None = None  # (N,) bool over `_items`' rows; None: every row is live
+        self._newest_live: int | None = None  # live rows of the newest episode, once counted
         self._facts: dict[str, Fact] = {f.id: f for f in facts}
         if self._items.owners and int(self._items.episodes.max()) >= len(self._episodes):
             raise ValueError("items refer to an episode the state does not hold; the memory file is damaged")
@@ -185,7 +186,7 @@ class Memory:
             raise ValueError("items.owners must hold the rows of exactly the given facts, each fact's rows together "
                              "and in the order of the facts")
         self._check_groups(sizes)
-        episodes, places = list(self._episodes), self._places(sizes)
+        episodes, (places, newest_live) = list(self._episodes), self._places(sizes)
         rows = torch.tensor([e for e, n in zip(places, sizes) for _ in range(n)], dtype=torch.int64)
         targets = sorted(set(places))
         for e in targets:
@@ -199,6 +200,7 @@ class Memory:
         if self._live is not None:
             self._live = torch.cat([self._live, self._live.new_ones(len(new.owners))])
         self._episodes, self._items = episodes, self._items.extend(new)
+        self._newest_live = newest_live
         self._facts.update((f.id, f) for f in facts)
 
     def copy(self) -> Memory:
@@ -206,7 +208,7 @@ class Memory:
         twin = Memory(self._model, self._episodes[0], self._items if len(self._episodes) == 1 else None,
                       episode_items=self.episode_items)
         twin._episodes, twin._items, twin._facts = list(self._episodes), self._items, dict(self._facts)
-        twin._live = self._live
+        twin._live, twin._newest_live = self._live, self._newest_live
         return twin
 
     def _check_groups(self, sizes: Sequence[int]) -> None:
@@ -215,18 +217,20 @@ class Memory:
             raise ValueError(f"facts[{too_big[0]}] has {sizes[too_big[0]] - 1} paraphrases; an episode holds "
                              f"{self.episode_items} items, so pass at most {self.episode_items - 1}")
 
-    def _places(self, sizes: Sequence[int]) -> list[int]:
-        """The episode of each new group of `sizes` items: the newest episode while it has room."""
-        episode = len(self._episodes) - 1
-        newest = self._items.episodes == episode  # (N,): only the newest episode's live rows are counted
-        used = int((newest if self._live is None else newest & self._live).sum())
+    def _places(self, sizes: Sequence[int]) -> tuple[list[int], int]:
+        """The episode of each new group of `sizes` items (the newest episode while it has room),
+        and the live rows the newest episode will then hold."""
+        episode, used = len(self._episodes) - 1, self._newest_live
+        if used is None:  # counted after loading or forgetting; a write keeps the count
+            newest = self._items.episodes == episode  # (N,): only the newest episode's live rows are counted
+            used = int((newest if self._live is None else newest & self._live).sum())
         out = []
         for size in sizes:
             if used + size > self.episode_items:
                 episode, used = episode + 1, 0
             out.append(episode)
             used += size
-        return out
+        return out, used
 
     @torch.no_grad()
     def forget(self, fact_id: str) -> None:
@@ -253,7 +257,10 @@ class Memory:
             else:
                 episodes[e] = self._model.memory.update(
                     episodes[e], gone.latents[pick][None], alpha=-1.0, keys=gone.keys[pick][None])
-        self._episodes, self._live = episodes, live
+        newest = self._newest_live
+        if newest is not None:  # the fact's rows leave the newest episode's count
+            newest -= int((gone.episodes == len(episodes) - 1).sum())
+        self._episodes, self._live, self._newest_live = episodes, live, newest
         alive = int(live.sum())
         if len(live) - alive > max(64, alive // 4):  # copy the live rows once enough are forgotten
             self._items, self._live = items.select(live), None

@@ -23,17 +23,29 @@ def memory_keys(z: Tensor, memory_pinv: Tensor) -> Tensor:
     return z @ memory_pinv
 
 
-def reference_keys(z: Tensor, reference_pinv: Tensor) -> Tensor:
+def reference_keys(z: Tensor, reference_pinv: Tensor, selection: Tensor | None = None) -> Tensor:
     """Hetero-associative keys from a fixed reference memory, W = z M_ref^+.
 
     Args:
         z: (B, E, C) latents (usually of the prompt, not of the whole fact).
         reference_pinv: (C, K) pseudo-inverse of the reference memory.
+        selection: `column_selection(reference_pinv)`, when it is one: the keys are then
+            gathered from z instead of multiplied (the same values, without reading the matrix).
 
     Returns:
         (B, E, K) keys; the same z always gives the same key, so an item can be forgotten later.
     """
-    return z @ reference_pinv
+    return z @ reference_pinv if selection is None else z.index_select(-1, selection)
+
+
+def column_selection(matrix: Tensor) -> Tensor | None:
+    """(K,) the row of the single 1 in each column of `matrix` (C, K) when every column is a
+    unit vector e_i (the identity reference memory, as initialised), so that z @ matrix equals
+    z[..., index]; None for any other matrix."""
+    ones = matrix == 1
+    if matrix.dim() != 2 or not bool((ones | (matrix == 0)).all()) or not bool((ones.sum(0) == 1).all()):
+        return None
+    return ones.to(torch.uint8).argmax(0)
 
 
 def gaussian_keys(z: Tensor, reference: Tensor, width: float = 1e-3) -> Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .addressing import gaussian_keys, memory_keys, reference_keys
+from .addressing import column_selection, gaussian_keys, memory_keys, reference_keys
 from .config import MemoryConfig
 from .errors import MemoryInputError
 from .pinv import pinv
@@ -65,7 +65,7 @@ class EpisodicMemory(nn.Module):
         self.prior = nn.Parameter(torch.eye(k, c), requires_grad=config.learn_prior)  # (K, C)
         log_var = torch.full((k,), 2 * math.log(config.read_std_init))
         self.read_log_var = nn.Parameter(log_var)  # (K,)
-        self._ref_pinv_cache: tuple[tuple, Tensor] | None = None
+        self._ref_pinv_cache: tuple[tuple, Tensor, Tensor | None] | None = None
 
     # ----------------------------------------------------------------------------- helpers
     def _pinv(self, a: Tensor) -> Tensor:
@@ -85,10 +85,15 @@ class EpisodicMemory(nn.Module):
         is not being trained."""
         if torch.is_grad_enabled() and self.prior.requires_grad:
             return self._pinv(self._prior_like(like))
+        return self._reference(like)[0]
+
+    def _reference(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The cached reference pseudo-inverse and its `column_selection` (None unless it is one)."""
         key = (self.prior._version, self.prior.data_ptr(), like.device, like.dtype, self.config.pinv)
         if self._ref_pinv_cache is None or self._ref_pinv_cache[0] != key:  # convert the prior only on a miss
-            self._ref_pinv_cache = (key, self._pinv(self._prior_like(like).detach()))
-        return self._ref_pinv_cache[1]
+            ref = self._pinv(self._prior_like(like).detach())
+            self._ref_pinv_cache = (key, ref, column_selection(ref))
+        return self._ref_pinv_cache[1], self._ref_pinv_cache[2]
 
     def _check(self, z: Tensor, name: str = "latents", batch: int | None = None) -> None:
         c = self.config.code_size
@@ -143,7 +148,9 @@ class EpisodicMemory(nn.Module):
         self._check(z)
         if self.config.addressing == "gaussian":
             return gaussian_keys(self._key(z), self._prior_like(z), self.config.gaussian_width)
-        return reference_keys(self._key(z), self.reference_pinv(z))
+        if torch.is_grad_enabled() and self.prior.requires_grad:
+            return reference_keys(self._key(z), self.reference_pinv(z))
+        return reference_keys(self._key(z), *self._reference(z))
 
     def read_weights(self, state: MemoryState, z_query: Tensor) -> Tensor:
         """Reading weights from the current memory, W = Zq M^+: (B, Q, K)."""
@@ -171,7 +178,8 @@ class EpisodicMemory(nn.Module):
             z: (B, E, C) latents to store (values).
             keys: (B, E, K) write keys; None derives them with `address(z)` (W0 = Z M0^+).
             sequential: also keep the key statistics, so that `update` can continue from the
-                result (computed as `update` from `empty`: the same memory, item by item).
+                result (computed as `update` from `empty`: the same memory, item by item; without
+                gradients).
 
         Returns:
             The new state; M = W0^+ Z, so reading a written z with memory keys returns it.
@@ -223,6 +231,7 @@ class EpisodicMemory(nn.Module):
         w = torch.randn(m.shape[0], n, m.shape[1], device=m.device, dtype=m.dtype)  # (B, n, K)
         return w @ m
 
+    @torch.no_grad()
     def update(
         self, state: MemoryState, z: Tensor, alpha: float | Tensor = 1.0, keys: Tensor | None = None
     ) -> MemoryState:
@@ -241,6 +250,9 @@ class EpisodicMemory(nn.Module):
 
         Returns:
             The new state; `state` itself is never modified.
+
+        Not differentiable (run-time editing; each item's coefficients are made on the host):
+        it runs without gradients. Train through `write`.
         """
         if not state.sequential:
             raise MemoryInputError(

@@ -57,16 +57,20 @@ def rank_one_update(
     Returns:
         The new (memory, gram_pinv, free); inputs are not modified.
 
+    Not differentiable in key, value or alpha: each item's case and coefficients are made on
+    the host from one sync of its scalars (fewer small tensor operations per write).
+
     Raises:
         MemoryInputError: when a negative weight targets a key direction that was never written.
     """
     u = free.matvec(key)  # (B, K)
     v = gram_pinv.matvec(key)  # (B, K)
-    stats = torch.stack([key.square().sum(-1), u.square().sum(-1), (key * v).sum(-1)])  # (3, B)
-    cases = [_case(*col, a, tol) for col, a in zip(stats.T.tolist(), alpha.tolist())]  # one host sync
+    pairs = (torch.stack([key, u, key], 1) * torch.stack([key, u, v], 1)).sum(-1)  # (B, 3): k.k, u.u, k.v
+    stats, alphas = pairs.tolist(), alpha.tolist()  # one host sync; the cases and coefficients are made there
+    cases = [_case(*col, a, tol) for col, a in zip(stats, alphas)]
     kinds = set(cases)
-    uu, beta = stats[1], stats[2]
-    d = alpha.reciprocal() + beta  # (B,)
+    uu = [col[1] for col in stats]
+    d = [1.0 / a + col[2] for col, a in zip(stats, alphas)]  # 1/alpha + beta
 
     new: tuple[Tensor, ...] | None = None
     for kind in ("grow", "keep", "drop"):
@@ -75,8 +79,7 @@ def rank_one_update(
         if kind == "grow":
             result = _grow(memory, gram_pinv, free, key, value, u, v, uu, d)
         elif kind == "keep":
-            safe_d = d if len(kinds) == 1 else torch.where(d == 0, torch.ones_like(d), d)
-            result = _keep(memory, gram_pinv, free, key, value, v, safe_d)
+            result = _keep(memory, gram_pinv, free, key, value, v, [x if x != 0 else 1.0 for x in d])
         else:
             result = _drop(memory, gram_pinv, free, key, value, v)
         if len(kinds) == 1:
@@ -106,24 +109,21 @@ def _symmetric(base: LowRankSum, vecs: Tensor, coef: Tensor) -> LowRankSum:
 
 
 def _keep(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor, v: Tensor,
-          d: Tensor) -> State:
-    """Case 2: Sherman-Morrison inside the written directions."""
-    m = memory.assign((v / d[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))
-    r = _symmetric(gram_pinv, v.unsqueeze(-1), (-1 / d)[:, None, None])
+          d: list[float]) -> State:
+    """Case 2: Sherman-Morrison inside the written directions (d: the B non-zero 1/alpha + beta)."""
+    m = memory.assign((v / v.new_tensor(d)[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))
+    r = _symmetric(gram_pinv, v.unsqueeze(-1), v.new_tensor([[[-1 / x]] for x in d]))
     return m, r, free
 
 
 def _grow(memory: LowRankSum, gram_pinv: LowRankSum, free: LowRankSum, key: Tensor, value: Tensor, u: Tensor,
-          v: Tensor, uu: Tensor, c: Tensor) -> State:
-    """Case 1: the key opens a new direction u."""
-    uu = uu.clamp_min(torch.finfo(uu.dtype).tiny)
-    m = memory.assign((u / uu[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))  # (B, K, C)
-    vecs = torch.stack([u, v], dim=-1)  # (B, K, 2)
-    coef = torch.stack(
-        [torch.stack([c / uu.square(), -1 / uu], -1), torch.stack([-1 / uu, torch.zeros_like(uu)], -1)], -2
-    )  # (B, 2, 2)
-    r = _symmetric(gram_pinv, vecs, coef)
-    f = _symmetric(free, u.unsqueeze(-1), (-1 / uu)[:, None, None])
+          v: Tensor, uu: list[float], c: list[float]) -> State:
+    """Case 1: the key opens a new direction u (uu: the B values of |u|^2, c: of 1/alpha + beta)."""
+    uu = [max(x, torch.finfo(u.dtype).tiny) for x in uu]
+    m = memory.assign((u / u.new_tensor(uu)[:, None]).unsqueeze(-1), key.unsqueeze(-1), value.unsqueeze(1))
+    coef = u.new_tensor([[[cb / (x * x), -1 / x], [-1 / x, 0.0]] for cb, x in zip(c, uu)])  # (B, 2, 2)
+    r = _symmetric(gram_pinv, torch.stack([u, v], dim=-1), coef)
+    f = _symmetric(free, u.unsqueeze(-1), u.new_tensor([[[-1 / x]] for x in uu]))
     return m, r, f
 
 
