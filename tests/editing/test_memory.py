@@ -319,3 +319,22 @@ def test_the_newest_episodes_count_kept_by_writes_and_forgets_matches_a_recount(
         newest = int((rows == memory.episodes - 1).sum())
         assert memory._newest_live == newest  # kept, not recounted
         assert memory._places([4]) == ([memory.episodes - (newest == 0)], 4)  # a full group opens a new episode
+
+
+def test_an_id_written_again_after_forgetting_is_forgotten_again(lm: larimar.Larimar) -> None:
+    """A forgotten fact's rows stay stored until the live rows are copied; the same id written
+    again (e.g. replayed from a log) is a new run of rows, and forgetting it removes only those."""
+    memory = larimar.Memory(lm.model)
+    ids = memory.write(FACTS[:3], paraphrases=[[], ["A paraphrase of the second."], []])
+    again = next(f for f in memory.facts() if f.id == ids[1])
+    memory.forget(ids[1])
+    memory.write_facts([again])
+    rows, _, live = memory.search_rows()
+    assert rows.shape[0] == 6 and live is not None and live.tolist() == [True, False, False, True, True, True]
+    assert memory.owner(4) == ids[1] and memory.item_text(5) == "A paraphrase of the second."
+    memory.forget(ids[1])
+    assert memory.item_count() == 2 and [f.id for f in memory.facts()] == [ids[0], ids[2]]
+    alone = larimar.Memory(lm.model)
+    alone.write_facts(memory.facts())
+    torch.testing.assert_close(memory.state.memory, alone.state.memory, rtol=0, atol=1e-6)  # two forgets' rounding
+    torch.testing.assert_close(recalled(memory), alone.items.latents, rtol=0, atol=1e-6)

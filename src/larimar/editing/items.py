@@ -5,6 +5,7 @@ Shapes: N items, C code size, K slots, S scope keys per item, H encoder hidden s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -94,6 +95,12 @@ class Items:
             storage.append(_Rows(data, len(owners)))
         latents, keys, embeddings, episodes, coarse = (s.data[: len(owners)] for s in storage)
         return Items(latents, keys, embeddings, owners, episodes, coarse, tuple(storage))
+
+    def take(self, rows: Sequence[int]) -> Items:
+        """The given rows, in order, as new tensors (for a few rows; `select` keeps many)."""
+        index = torch.tensor(list(rows), dtype=torch.int64, device=self.latents.device)
+        latents, keys, embeddings, episodes, coarse = (t.index_select(0, index) for t in self._columns())
+        return Items(latents, keys, embeddings, [self.owners[i] for i in rows], episodes, coarse)
 
     def extend(self, other: Items) -> Items:
         """These rows followed by `other`'s (amortised: the cost of `other`'s rows)."""

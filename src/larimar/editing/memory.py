@@ -246,9 +246,9 @@ class Memory:
         items = self._items
         live = self._live if self._live is not None else torch.ones(
             len(items.owners), dtype=torch.bool, device=items.keys.device)
-        rows = torch.tensor([o == fact_id for o in items.owners], device=live.device) & live
-        gone = items.select(rows)
-        live = live & ~rows
+        rows = [i for i in _positions(items.owners, fact_id) if bool(live[i])]
+        gone = items.take(rows)
+        live = live.index_fill(0, torch.tensor(rows, device=live.device), False)
         episodes = list(self._episodes)
         for e in gone.episodes.unique().tolist():
             pick = gone.episodes == e
@@ -366,6 +366,21 @@ class Memory:
         if isinstance(paraphrases, str) or len(paraphrases) != n:
             raise ValueError(f"paraphrases must be one list of strings per fact ({n}); got {paraphrases!r:.80}")
         return [self._check_texts(group, f"paraphrases[{i}]") for i, group in enumerate(paraphrases)]
+
+
+def _positions(owners: list[str], fact_id: str) -> list[int]:
+    """Every row of `owners` holding `fact_id` (a fact's rows are together; a forgotten fact's
+    rows may stay until the live rows are copied, and an id may be written again after that)."""
+    out, start = [], 0
+    while True:
+        try:
+            row = owners.index(fact_id, start)  # a scan in C, not a Python loop over every row
+        except ValueError:
+            return out
+        while row < len(owners) and owners[row] == fact_id:
+            out.append(row)
+            row += 1
+        start = row
 
 
 def _sequential(state: MemoryState) -> MemoryState:
