@@ -248,7 +248,7 @@ class Memory:
             len(items.owners), dtype=torch.bool, device=items.keys.device)
         rows = [i for i in _positions(items.owners, fact_id) if bool(live[i])]
         gone = items.take(rows)
-        live = live.index_fill(0, torch.tensor(rows, device=live.device), False)
+        live = live.index_fill(0, torch.tensor(rows, dtype=torch.int64, device=live.device), False)
         episodes = list(self._episodes)
         for e in gone.episodes.unique().tolist():
             pick = gone.episodes == e
