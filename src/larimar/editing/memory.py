@@ -371,16 +371,13 @@ class Memory:
 def _positions(owners: list[str], fact_id: str) -> list[int]:
     """Every row of `owners` holding `fact_id` (a fact's rows are together; a forgotten fact's
     rows may stay until the live rows are copied, and an id may be written again after that)."""
-    out, start = [], 0
+    out, row = [], -1
     while True:
         try:
-            row = owners.index(fact_id, start)  # a scan in C, not a Python loop over every row
+            row = owners.index(fact_id, row + 1)  # a scan in C, not a Python loop over every row
         except ValueError:
             return out
-        while row < len(owners) and owners[row] == fact_id:
-            out.append(row)
-            row += 1
-        start = row
+        out.append(row)
 
 
 def _sequential(state: MemoryState) -> MemoryState:

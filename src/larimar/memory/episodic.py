@@ -83,12 +83,13 @@ class EpisodicMemory(nn.Module):
     def reference_pinv(self, like: Tensor) -> Tensor:
         """(C_key, K) pseudo-inverse of the prior's addressing columns, cached while the prior
         is not being trained."""
-        if torch.is_grad_enabled() and self.prior.requires_grad:
-            return self._pinv(self._prior_like(like))
         return self._reference(like)[0]
 
     def _reference(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The cached reference pseudo-inverse and its `column_selection` (None unless it is one)."""
+        """The reference pseudo-inverse and its `column_selection` (None unless it is one), cached
+        while the prior is not being trained (while it is: the pseudo-inverse alone, recomputed)."""
+        if torch.is_grad_enabled() and self.prior.requires_grad:
+            return self._pinv(self._prior_like(like)), None
         key = (self.prior._version, self.prior.data_ptr(), like.device, like.dtype, self.config.pinv)
         if self._ref_pinv_cache is None or self._ref_pinv_cache[0] != key:  # convert the prior only on a miss
             ref = self._pinv(self._prior_like(like).detach())
@@ -148,8 +149,6 @@ class EpisodicMemory(nn.Module):
         self._check(z)
         if self.config.addressing == "gaussian":
             return gaussian_keys(self._key(z), self._prior_like(z), self.config.gaussian_width)
-        if torch.is_grad_enabled() and self.prior.requires_grad:
-            return reference_keys(self._key(z), self.reference_pinv(z))
         return reference_keys(self._key(z), *self._reference(z))
 
     def read_weights(self, state: MemoryState, z_query: Tensor) -> Tensor:
